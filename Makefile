@@ -1,0 +1,67 @@
+# The course's commands. `make help` lists them.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := libb64-0d
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help system-deps install assets weights configs lab lab-full test serve stop status logs \
+        jupyter lint clean
+
+help:  ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+system-deps:  ## apt packages perf_analyzer needs (uses sudo when not root)
+	@if dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then echo "system packages present: $(APT_PACKAGES)"; \
+	else $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --progress-bar off -e '.[dev]'
+	@touch $@
+
+install: $(STAMP) assets  ## virtual environment with the pinned packages, sample data, weights
+
+assets: $(STAMP)  ## sample images, perf_analyzer inputs, Food-11 weights (or a stand-in), configs
+	$(BIN)/python -m tritonlab prepare
+
+weights: $(STAMP)  ## fetch the Food-11 weights again (FOOD11_WEIGHTS=url|file|stand-in)
+	$(BIN)/python -m tritonlab weights
+
+configs: $(STAMP)  ## regenerate every committed config.pbtxt
+	$(BIN)/python -m tritonlab configs
+
+lab: install  ## run every notebook headless (quick mode) on the embedded Triton
+	$(BIN)/python -m tritonlab lab
+
+lab-full: install  ## the same with full measurement windows
+	$(BIN)/python -m tritonlab lab --full
+
+test: $(STAMP)  ## run the tests (never touches the network: stand-in weights if none are present)
+	$(BIN)/python -m tritonlab prepare --source stand-in
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+serve: install  ## start Triton in the background on 127.0.0.1 (8000 HTTP, 8001 gRPC, 8002 metrics)
+	$(BIN)/python -m tritonlab serve
+
+stop:  ## stop the background Triton
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m tritonlab stop; else echo "nothing installed"; fi
+
+status:  ## is the background Triton running?
+	$(BIN)/python -m tritonlab status
+
+logs:  ## the last lines of the background Triton's log
+	$(BIN)/python -m tritonlab logs
+
+jupyter: install  ## JupyterLab on the notebooks, on 127.0.0.1:8888, with this environment
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=8888 --no-browser
+
+lint:  ## ruff on the package, tests and notebooks
+	$(BIN)/ruff check tritonlab tests notebooks model_repository
+
+clean:  ## remove course output and server state (keeps the environment and weights)
+	-$(BIN)/python -m tritonlab stop
+	rm -rf build .tritonlab data/perf

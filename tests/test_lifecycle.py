@@ -1,0 +1,159 @@
+"""The server lifecycle against the real tritonserver: reloads, refusals, and no orphans."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+import requests
+from google.protobuf import json_format
+
+from tritonlab import configs
+from tritonlab.server import LocalTriton, ModelLoadError, PortInUseError
+from tritonlab.settings import Ports
+
+from .conftest import free_ports, make_repository, tritonservers_in
+
+pytestmark = pytest.mark.server
+
+
+def served_config(server, name="food_classifier") -> dict:
+    return requests.get(f"http://{server.http_url}/v2/models/{name}/config", timeout=10).json()
+
+
+def test_reload_applies_a_changed_config_and_restores_the_file(triton):
+    seconds = triton.reload_model("food_classifier",
+                                  config=configs.classifier_config(max_batch_size=8))
+    assert seconds > 0
+    assert served_config(triton)["max_batch_size"] == 8
+    triton.reload_model("food_classifier")
+    assert served_config(triton)["max_batch_size"] == 16
+    assert triton.is_ready()
+
+
+def test_config_triton_refuses_surfaces_its_message(triton):
+    cfg = configs.classifier_config()
+    cfg.dynamic_batching.preferred_batch_size.append(64)  # > max_batch_size: Triton refuses
+    with pytest.raises(ModelLoadError) as err:
+        triton.reload_model("food_classifier", config=json_format.MessageToJson(cfg))
+    assert "preferred size must be <= max batch size" in str(err.value)
+    triton.reload_model("food_classifier")
+    assert triton.is_ready()
+
+
+def test_logs_hide_gpu_noise_and_filter_by_model(triton):
+    assert "NVML" not in triton.logs(500)
+    model_lines = triton.logs(500, model="food_classifier").splitlines()
+    assert model_lines and all("food_classifier" in ln for ln in model_lines)
+
+
+def test_port_in_use_names_the_process(tmp_path, repository):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        grpc, metrics = free_ports(2)
+        server = LocalTriton(repository, ports=Ports(port, grpc, metrics), state_dir=tmp_path,
+                             quiet=True)
+        with pytest.raises(PortInUseError, match=f"Port {port} .*pid {os.getpid()}"):
+            server.start()
+    assert not tritonservers_in(tmp_path)
+
+
+def test_stale_pid_file_is_ignored_and_removed(tmp_path, repository):
+    server = LocalTriton(repository, state_dir=tmp_path, quiet=True)
+    # a pid that is alive but not a tritonserver (this test process) must never be killed
+    server.pid_file.write_text(json.dumps({"pid": os.getpid()}))
+    assert server.recorded() is None
+    assert server._stop_recorded(timeout=1) is False
+    assert not server.pid_file.exists()
+
+
+def test_model_whose_initialize_raises(tmp_path, repository):
+    repo = make_repository(tmp_path / "repo")
+    broken = repo / "food_classifier" / "1" / "model.py"
+    broken.write_text(broken.read_text().replace(
+        "        config = json.loads(args[\"model_config\"])",
+        "        raise RuntimeError(\"weights are on holiday\")"))
+    server = LocalTriton(repo, ports=Ports(*free_ports()), state_dir=tmp_path / "state",
+                         quiet=True)
+    try:
+        with pytest.raises(ModelLoadError) as err:
+            server.start(timeout=120)
+        assert "weights are on holiday" in str(err.value)
+        assert "food_classifier" in str(err.value)
+    finally:
+        server.stop()
+    assert not tritonservers_in(tmp_path / "state")
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from tritonlab.server import LocalTriton
+    from tritonlab.settings import Ports
+    ports = Ports(*map(int, sys.argv[3:6]))
+    server = LocalTriton(sys.argv[1], ports=ports, state_dir=sys.argv[2], quiet=True)
+    server.start()
+    print("READY", server.recorded()["pid"], flush=True)
+    time.sleep(600)
+""")
+
+
+def test_server_dies_with_the_process_that_started_it(tmp_path, repository):
+    """A kernel killed or restarted must not leave its Triton behind."""
+    state = tmp_path / "state"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(repository), str(state),
+                              *map(str, free_ports())], stdout=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline()
+        assert line.startswith("READY"), line
+        pid = int(line.split()[1])
+        assert psutil.pid_exists(pid)
+        child.send_signal(signal.SIGKILL)  # as a kernel restart does
+        child.wait(10)
+        deadline = time.monotonic() + 30
+        while tritonservers_in(state) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not tritonservers_in(state)
+    finally:
+        child.kill()
+
+
+def test_serve_stop_and_replacing_a_left_over_server(tmp_path, repository):
+    """`make serve` leaves Triton running; `make stop` ends it; a new start replaces it."""
+    http, grpc, metrics = free_ports()
+    env = dict(os.environ, TRITONLAB_STATE_DIR=str(tmp_path), TRITONLAB_HTTP_PORT=str(http),
+               TRITONLAB_GRPC_PORT=str(grpc), TRITONLAB_METRICS_PORT=str(metrics))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "tritonlab", *args], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    served = cli("serve")
+    assert served.returncode == 0, served.stdout + served.stderr
+    assert f"http://127.0.0.1:{http}" in served.stdout
+    assert requests.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=5).status_code == 200
+    left_over = tritonservers_in(tmp_path)
+    assert len(left_over) == 1
+
+    # a new session (a restarted kernel) starting Triton stops the one left running
+    server = LocalTriton(ports=Ports(http, grpc, metrics), state_dir=tmp_path, quiet=True)
+    server.start()
+    assert not left_over[0].is_running()
+    server.stop()
+    assert not tritonservers_in(tmp_path)
+
+    assert cli("serve").returncode == 0
+    stopped = cli("stop")
+    assert stopped.returncode == 0 and "Stopped Triton" in stopped.stdout
+    assert not tritonservers_in(tmp_path)
+    assert "No Triton was running" in cli("stop").stdout

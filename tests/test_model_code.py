@@ -1,0 +1,117 @@
+"""The served model's own decode and preprocessing code, run in-process (no Triton needed)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def photo(images) -> Image.Image:
+    return Image.open(images[0]).convert("RGB")
+
+
+def test_raw_and_base64_forms_decode_the_same(classifier_code, images):
+    raw = images[0].read_bytes()
+    b64 = base64.b64encode(raw)
+    forms = [raw, b64, b64.decode(), b"data:image/jpeg;base64," + b64,
+             b64[:40] + b"\n" + b64[40:]]
+    arrays = [classifier_code.decode_image(classifier_code.to_image_bytes(f)) for f in forms]
+    for arr in arrays:
+        assert arr.shape == (224, 224, 3) and arr.dtype == np.uint8
+        assert np.array_equal(arr, arrays[0])
+
+
+@pytest.mark.parametrize("mode,fmt", [("L", "PNG"), ("RGBA", "PNG"), ("CMYK", "JPEG"),
+                                      ("P", "GIF"), ("RGB", "BMP"), ("RGB", "WEBP"),
+                                      ("RGB", "TIFF"), ("I;16", "PNG")])
+def test_unusual_but_valid_images_decode(classifier_code, photo, mode, fmt):
+    if mode == "I;16":
+        grey = np.asarray(photo.convert("L"), dtype=np.uint16) * 257
+        img = Image.fromarray(grey)
+        assert img.mode == "I;16"
+    else:
+        img = photo.convert(mode)
+    arr = classifier_code.decode_image(classifier_code.to_image_bytes(encode(img, fmt)))
+    assert arr.shape == (224, 224, 3)
+    assert 20 < arr.mean() < 235, "decoded to a blank image"
+
+
+def test_alpha_is_composited_over_white(classifier_code):
+    clear = Image.new("RGBA", (300, 300), (0, 0, 0, 0))
+    arr = classifier_code.decode_image(encode(clear, "PNG"))
+    assert arr.min() == 255
+
+
+def test_tiny_image_is_upscaled(classifier_code):
+    arr = classifier_code.decode_image(encode(Image.new("RGB", (1, 1), (10, 200, 30)), "PNG"))
+    assert arr.shape == (224, 224, 3) and tuple(arr[100, 100]) == (10, 200, 30)
+
+
+def test_resize_matches_resize_then_centre_crop(classifier_code):
+    """One-pass box resampling equals torchvision's Resize(256) + CenterCrop(224) closely."""
+    from torchvision import transforms
+
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    img = noise.filter(ImageFilter.GaussianBlur(3))
+    ours = classifier_code.decode_image(encode(img, "PNG")).astype(float)
+    ref = np.asarray(transforms.CenterCrop(224)(transforms.Resize(256)(img))).astype(float)
+    assert np.abs(ours - ref).mean() < 3.0
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", "empty"),
+    (b"plain text, not an image", "not an image"),
+    (b"\x00\x01\x02" * 50, "not an image"),
+    (base64.b64encode(b"base64 of text"), "base64 text that does not decode"),
+])
+def test_not_images_are_refused_with_a_reason(classifier_code, data, reason):
+    with pytest.raises(classifier_code.BadImage, match=reason):
+        classifier_code.decode_image(classifier_code.to_image_bytes(data))
+
+
+def test_truncated_jpeg_is_refused(classifier_code, images):
+    data = images[0].read_bytes()
+    with pytest.raises(classifier_code.BadImage, match="cannot decode"):
+        classifier_code.decode_image(classifier_code.to_image_bytes(data[: len(data) // 3]))
+
+
+def test_decompression_bomb_is_refused_before_decoding(classifier_code):
+    """A PNG whose header claims 100000 x 100000 pixels."""
+    import zlib
+
+    small = encode(Image.new("L", (8, 8)), "PNG")
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    bomb = small[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) \
+        + small[33:]
+    with pytest.raises(classifier_code.BadImage, match="pixels"):
+        classifier_code.decode_image(classifier_code.to_image_bytes(bomb))
+
+
+def test_oversized_upload_is_refused(classifier_code):
+    with pytest.raises(classifier_code.BadImage, match="larger than the limit"):
+        too_big = b"\xff\xd8\xff" + b"\x00" * classifier_code.MAX_ENCODED_BYTES
+        classifier_code.to_image_bytes(too_big)
+
+
+def test_softmax_probabilities(reference, images, classifier_code):
+    batch = np.stack([classifier_code.decode_image(p.read_bytes()) for p in images])
+    idx, prob = reference.predict(batch)
+    assert idx.shape == prob.shape == (len(images),)
+    assert np.all((prob > 1 / 11 - 1e-6) & (prob <= 1))
+    # batching must not change an image's answer
+    one_idx, one_prob = reference.predict(batch[2:3])
+    assert one_idx[0] == idx[2] and one_prob[0] == pytest.approx(prob[2], abs=1e-5)

@@ -1,0 +1,129 @@
+"""Command line behind the Makefile: `python -m tritonlab <command>`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import settings
+
+
+def _prepare(args) -> int:
+    from . import configs, samples, weights
+
+    samples.sample_images()
+    inputs = samples.write_perf_inputs()
+    print(f"perf_analyzer inputs: {', '.join(str(p) for p in inputs.values())}")
+    weights.ensure_weights(source=args.source)
+    for path in configs.write_course_configs():
+        print(f"config: {path}")
+    return 0
+
+
+def _weights(args) -> int:
+    import os
+
+    from . import weights
+
+    meta = weights.current()
+    force = meta is None or meta.get("stand_in") or "FOOD11_WEIGHTS" in os.environ
+    weights.ensure_weights(force=bool(force))
+    return 0
+
+
+def _configs(args) -> int:
+    from . import configs
+
+    for path in configs.write_course_configs():
+        print(f"wrote {path}")
+    return 0
+
+
+def _serve(args) -> int:
+    from . import weights
+    from .server import LocalTriton
+
+    meta = weights.current()
+    if meta is None:
+        print("No Food-11 weights yet: run `make weights` first.", file=sys.stderr)
+        return 1
+    server = LocalTriton(attach=False)
+    seconds = server.start(timeout=args.timeout)
+    print(f"Triton is ready ({seconds:.1f} s), running in the background (pid "
+          f"{server.recorded()['pid']}).")
+    print(f"  HTTP     http://{server.http_url}   (e.g. curl http://{server.http_url}/v2/health/ready)")
+    print(f"  gRPC     {server.grpc_url}")
+    print(f"  metrics  {server.metrics_url}")
+    print(f"  log      {server.log_file}")
+    print("Stop it with `make stop`.")
+    if meta.get("stand_in"):
+        print(weights.BANNER)
+    return 0
+
+
+def _stop(args) -> int:
+    from .server import LocalTriton
+
+    server = LocalTriton()
+    record = server.recorded()
+    server.stop()
+    print(f"Stopped Triton (pid {record['pid']})." if record else "No Triton was running.")
+    return 0
+
+
+def _status(args) -> int:
+    from .server import LocalTriton
+
+    server = LocalTriton()
+    record = server.recorded()
+    if not record:
+        print("No Triton is running from this checkout.")
+        return 1
+    print(f"Triton pid {record['pid']}, started {record['started']}; "
+          f"ready: {server.is_ready()}\n{server.describe()}")
+    return 0
+
+
+def _logs(args) -> int:
+    from .server import LocalTriton
+
+    LocalTriton().show_logs(args.lines)
+    return 0
+
+
+def _lab(args) -> int:
+    from .lab import NotebookFailed, run_course
+
+    try:
+        run_course(args.notebooks or None, quick=not args.full)
+    except NotebookFailed as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tritonlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="sample images, perf inputs, weights, configs")
+    p.add_argument("--source", help="weights: URL, file or 'stand-in' (default: FOOD11_WEIGHTS "
+                                    "or the course URL)")
+    p.set_defaults(func=_prepare)
+    sub.add_parser("weights", help="fetch the Food-11 weights again (a stand-in is replaced)"
+                   ).set_defaults(func=_weights)
+    sub.add_parser("configs", help="regenerate the committed config.pbtxt files"
+                   ).set_defaults(func=_configs)
+    p = sub.add_parser("serve", help="start Triton in the background on 127.0.0.1")
+    p.add_argument("--timeout", type=float, default=180)
+    p.set_defaults(func=_serve)
+    sub.add_parser("stop", help="stop the background Triton").set_defaults(func=_stop)
+    sub.add_parser("status", help="is Triton running?").set_defaults(func=_status)
+    p = sub.add_parser("logs", help="the last lines of Triton's log")
+    p.add_argument("-n", "--lines", type=int, default=40)
+    p.set_defaults(func=_logs)
+    p = sub.add_parser("lab", help="execute the notebooks headless")
+    p.add_argument("notebooks", nargs="*", help=f"default: every notebook in {settings.NOTEBOOKS}")
+    p.add_argument("--full", action="store_true", help="full measurement windows, not quick mode")
+    p.set_defaults(func=_lab)
+    args = parser.parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,77 @@
+"""Clients for the served models: tritonclient over HTTP or gRPC, one image or many per request."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+
+@dataclass
+class Prediction:
+    """One image's answer from food_classifier."""
+
+    label: str
+    probability: float
+
+
+def _as_bytes(image: bytes | str | Path) -> bytes:
+    return Path(image).read_bytes() if isinstance(image, (str, Path)) else bytes(image)
+
+
+def image_batch(images: Sequence[bytes | str | Path], encoding: str = "raw") -> np.ndarray:
+    """An (N, 1) BYTES array of encoded images: raw bytes, or base64 text with encoding='base64'."""
+    items = [_as_bytes(im) for im in images]
+    if encoding == "base64":
+        items = [base64.b64encode(b) for b in items]
+    elif encoding != "raw":
+        raise ValueError("encoding must be 'raw' or 'base64'")
+    return np.array(items, dtype=object).reshape(-1, 1)
+
+
+def make_client(url: str, protocol: str = "http"):
+    """A tritonclient InferenceServerClient for `url` ('host:port') over 'http' or 'grpc'."""
+    if protocol == "http":
+        return httpclient.InferenceServerClient(url)
+    if protocol == "grpc":
+        return grpcclient.InferenceServerClient(url)
+    raise ValueError("protocol must be 'http' or 'grpc'")
+
+
+def classify(url: str, images: Sequence[bytes | str | Path], protocol: str = "http",
+             model: str = "food_classifier", encoding: str = "raw") -> list[Prediction]:
+    """Classify all `images` in one request; one Prediction per image, in order."""
+    lib = httpclient if protocol == "http" else grpcclient
+    batch = image_batch(images, encoding)
+    inp = lib.InferInput("INPUT_IMAGE", list(batch.shape), "BYTES")
+    inp.set_data_from_numpy(batch)
+    outputs = [lib.InferRequestedOutput("FOOD_LABEL"), lib.InferRequestedOutput("PROBABILITY")]
+    client = make_client(url, protocol)
+    try:
+        result = client.infer(model, [inp], outputs=outputs)
+    finally:
+        client.close()
+    labels = result.as_numpy("FOOD_LABEL").reshape(-1)
+    probs = result.as_numpy("PROBABILITY").reshape(-1)
+    return [Prediction(lb.decode() if isinstance(lb, bytes) else str(lb), float(p))
+            for lb, p in zip(labels, probs)]
+
+
+def model_stats(url: str, model: str) -> dict:
+    """Triton's statistics for one model (HTTP): counts, cumulative times, batch sizes."""
+    client = httpclient.InferenceServerClient(url)
+    try:
+        return client.get_inference_statistics(model)["model_stats"][0]
+    finally:
+        client.close()
+
+
+def batch_size_counts(stats: dict) -> dict[int, int]:
+    """How many executions Triton ran at each batch size, from `model_stats()`."""
+    return {int(b["batch_size"]): int(b["compute_infer"]["count"])
+            for b in stats.get("batch_stats", [])}

@@ -1,0 +1,151 @@
+"""Model configs as code: build config.pbtxt on Triton's own protobuf schema, check it, write it.
+
+Triton parses config.pbtxt as a text-format `inference.ModelConfig` message; building it with
+the same message class (`tritonclient.grpc.model_config_pb2`) means a misspelt field fails here,
+in the cell, rather than in the server log.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from . import settings
+
+BANNER = """\
+# GENERATED FILE: do not edit by hand; Triton reads it, the course rewrites it.
+# Built by {source}.
+# Regenerate with: {regenerate}
+"""
+
+
+class ConfigError(ValueError):
+    """A model config that Triton would refuse or misread; the message lists every problem."""
+
+
+def classifier_config(name: str = "food_classifier", max_batch_size: int = 16,
+                      instances: int = 1, kind: str = "KIND_CPU", gpus: list[int] | None = None,
+                      num_threads: int = 0, dynamic_batching: dict | None = None,
+                      backend: str = "python") -> mc.ModelConfig:
+    """The Food-11 classifier's config: an encoded image in, a label and its probability out.
+
+    `num_threads` 0 leaves PyTorch's default (one thread per core). `dynamic_batching` takes
+    `preferred_batch_size` (list) and `max_queue_delay_microseconds`.
+    """
+    cfg = mc.ModelConfig(name=name, backend=backend, max_batch_size=max_batch_size)
+    cfg.input.add(name="INPUT_IMAGE", data_type=mc.TYPE_STRING, dims=[1])
+    cfg.output.add(name="FOOD_LABEL", data_type=mc.TYPE_STRING, dims=[1])
+    cfg.output.add(name="PROBABILITY", data_type=mc.TYPE_FP32, dims=[1])
+    group = cfg.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.Kind.Value(kind))
+    if gpus:
+        group.gpus.extend(gpus)
+    cfg.parameters["num_threads"].string_value = str(num_threads)
+    if dynamic_batching is not None:
+        cfg.dynamic_batching.SetInParent()
+        db = cfg.dynamic_batching
+        db.preferred_batch_size.extend(dynamic_batching.get("preferred_batch_size", []))
+        db.max_queue_delay_microseconds = int(dynamic_batching.get("max_queue_delay_microseconds",
+                                                                   0))
+    return cfg
+
+
+def validate(cfg: mc.ModelConfig, folder: Path | None = None, gpu_count: int | None = None) -> None:
+    """Raise ConfigError listing every problem Triton would refuse or silently misread."""
+    problems = []
+    if not cfg.name:
+        problems.append("the model has no name")
+    if folder is not None and cfg.name and Path(folder).name != cfg.name:
+        problems.append(f"name '{cfg.name}' differs from its folder '{Path(folder).name}'")
+    if not (cfg.backend or cfg.platform):
+        problems.append("set a backend (e.g. 'python') or a platform (e.g. 'ensemble')")
+    if cfg.max_batch_size < 0:
+        problems.append("max_batch_size must be 0 (no batching) or more")
+    for kind, tensors in (("input", cfg.input), ("output", cfg.output)):
+        names = [t.name for t in tensors]
+        if not names and cfg.platform != "ensemble":
+            problems.append(f"no {kind}s")
+        for dup in {n for n in names if names.count(n) > 1}:
+            problems.append(f"{kind} '{dup}' is declared twice")
+        for t in tensors:
+            if not t.dims:
+                problems.append(f"{kind} '{t.name}' has no dims")
+            if any(d == 0 or d < -1 for d in t.dims):
+                problems.append(f"{kind} '{t.name}' has dims {list(t.dims)}: use sizes > 0 or -1")
+            if t.data_type == mc.TYPE_INVALID:
+                problems.append(f"{kind} '{t.name}' has no data_type")
+    if cfg.HasField("dynamic_batching"):
+        if cfg.max_batch_size == 0:
+            problems.append("dynamic batching needs max_batch_size > 0")
+        for size in cfg.dynamic_batching.preferred_batch_size:
+            if not 0 < size <= cfg.max_batch_size:
+                problems.append(f"preferred batch size {size} is outside 1..max_batch_size "
+                                f"({cfg.max_batch_size})")
+    for group in cfg.instance_group:
+        if group.count < 1:
+            problems.append(f"instance group with count {group.count}: use 1 or more")
+        if group.kind == mc.ModelInstanceGroup.KIND_GPU and gpu_count is not None:
+            missing = [g for g in group.gpus if g >= gpu_count]
+            if gpu_count == 0:
+                problems.append("a KIND_GPU instance group, but this machine has no GPU")
+            elif missing:
+                problems.append(f"GPUs {missing} requested, but only {gpu_count} present")
+    if problems:
+        raise ConfigError(f"config '{cfg.name}' is not valid:\n- " + "\n- ".join(problems))
+
+
+def to_text(cfg: mc.ModelConfig) -> str:
+    """The config in text format, exactly as Triton parses config.pbtxt."""
+    return text_format.MessageToString(cfg)
+
+
+def to_json(cfg: mc.ModelConfig) -> str:
+    """The config as JSON, the form Triton's load API takes for a config override."""
+    return json_format.MessageToJson(cfg, preserving_proto_field_name=True)
+
+
+def render(cfg: mc.ModelConfig, source: str, regenerate: str) -> str:
+    return BANNER.format(source=source, regenerate=regenerate) + to_text(cfg)
+
+
+def read_config(path: Path | str) -> mc.ModelConfig:
+    """Parse a config.pbtxt (or a model folder holding one) as Triton does."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.pbtxt"
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def write_config(cfg: mc.ModelConfig, repository: Path | str = settings.MODEL_REPOSITORY,
+                 source: str = "tritonlab.configs", regenerate: str = "make configs",
+                 gpu_count: int | None = None) -> Path:
+    """Validate `cfg`, write `<repository>/<name>/config.pbtxt` atomically; returns its path."""
+    folder = Path(repository) / cfg.name
+    validate(cfg, folder=folder, gpu_count=gpu_count)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.pbtxt"
+    tmp = path.with_suffix(".pbtxt.tmp")
+    tmp.write_text(render(cfg, source, regenerate))
+    os.replace(tmp, path)
+    return path
+
+
+def diff(old: mc.ModelConfig | None, new: mc.ModelConfig) -> str:
+    """A unified diff between two configs' text forms ('' when they are equal)."""
+    before = to_text(old).splitlines() if old is not None else []
+    return "\n".join(difflib.unified_diff(before, to_text(new).splitlines(), "before", "after",
+                                          lineterm=""))
+
+
+def course_configs() -> dict[str, mc.ModelConfig]:
+    """The configs committed in model_repository/, keyed by model name."""
+    return {"food_classifier": classifier_config()}
+
+
+def write_course_configs(repository: Path | str = settings.MODEL_REPOSITORY) -> list[Path]:
+    """Regenerate every committed config.pbtxt (`make configs`)."""
+    return [write_config(cfg, repository, source=f"tritonlab.configs.course_configs()['{name}']")
+            for name, cfg in course_configs().items()]

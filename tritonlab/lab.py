@@ -1,0 +1,60 @@
+"""Run the course's notebooks headless (`make lab`, and the tests): execute, save, report."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from . import settings
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook cell raised; the executed copy up to that cell is saved for reading."""
+
+
+def course_notebooks(folder: Path = settings.NOTEBOOKS) -> list[Path]:
+    """The numbered notebooks in order (00_... runs only on Chameleon, so it is left out)."""
+    return [p for p in sorted(folder.glob("[0-9][0-9]_*.ipynb")) if not p.name.startswith("00_")]
+
+
+def run_notebook(path: Path, out_dir: Path, quick: bool = True, cell_timeout: int = 900) -> Path:
+    """Execute one notebook in its own kernel (cwd = notebooks/) and save the executed copy."""
+    from tqdm.auto import tqdm
+
+    nb = nbformat.read(path, as_version=4)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_path = out_dir / path.name
+    env = dict(os.environ, TRITONLAB_QUICK="1" if quick else "0", TRITONLAB_OUTPUT_DIR=str(out_dir))
+    code_cells = sum(c.cell_type == "code" for c in nb.cells)
+    bar = tqdm(total=code_cells, desc=path.stem, unit="cell", leave=True)
+    client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}},
+                            on_cell_executed=lambda **kw: bar.update(1))
+    try:
+        client.execute(env=env)
+    except CellExecutionError as exc:
+        raise NotebookFailed(f"{path.name} failed; executed copy: {out_path}\n{exc}") from None
+    finally:
+        bar.close()
+        nbformat.write(nb, out_path)
+    return out_path
+
+
+def run_course(notebooks: Sequence[Path] | None = None, out_dir: Path | None = None,
+               quick: bool = True) -> list[Path]:
+    """Execute the notebooks in order; prints where the executed copies and figures are."""
+    out_dir = out_dir or settings.output_dir()
+    notebooks = list(notebooks or course_notebooks())
+    done = []
+    for path in notebooks:
+        began = time.monotonic()
+        done.append(run_notebook(Path(path), out_dir, quick=quick))
+        print(f"{path.name}: ran in {time.monotonic() - began:.0f} s", flush=True)
+    print(f"\nExecuted notebooks: {out_dir}\nFigures: {out_dir / 'figures'}")
+    return done

@@ -1,0 +1,233 @@
+"""Food-11 weights: fetch the course's trained model once, or build a seeded stand-in offline.
+
+Whatever the source, the result is stored the same way beside the served model: a plain
+state_dict (`food11.pt`, loaded with `weights_only=True`) and `food11.json` recording its
+SHA-256, where it came from, and whether it is a stand-in.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from . import settings
+from .models import classifier_module, model_dir
+
+#: The trained course model: a whole pickled torchvision MobileNetV2 with an 11-class head.
+DEFAULT_URL = ("https://raw.githubusercontent.com/teaching-on-testbeds/serve-system-chi/main/"
+               "models_staging/food_classifier/1/food11.pth")
+STAND_IN = "stand-in"
+STAND_IN_SEED = 11
+
+#: Classes a pickled whole model may name; anything else in a checkpoint is refused unread.
+ALLOWED_MODULES = ("torch.nn.modules.", "torchvision.models.mobilenetv2.", "torchvision.ops.misc.")
+
+BANNER = ("*" * 78 + "\n"
+          "STAND-IN WEIGHTS: the real Food-11 model could not be fetched, so the classifier\n"
+          "serves a MobileNetV2 with seeded RANDOM weights. Its labels and probabilities are\n"
+          "MEANINGLESS; everything else (serving, batching, speed) behaves as with the real one.\n"
+          + "*" * 78)
+
+
+class WeightsError(RuntimeError):
+    """Weights could not be fetched, read or checked; the message says what to do."""
+
+
+def weights_source() -> str:
+    """Where weights come from: FOOD11_WEIGHTS (URL, file or 'stand-in') or the course URL."""
+    return os.environ.get("FOOD11_WEIGHTS", DEFAULT_URL)
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file, computed as the served model checks it."""
+    return classifier_module().sha256_of(str(path))
+
+
+def download(url: str, cache_dir: Path, timeout: float = 30.0) -> Path:
+    """Download `url` once into `cache_dir` (with a progress bar); a cached copy is reused."""
+    from tqdm.auto import tqdm
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / Path(url.split("?")[0]).name
+    if target.exists():
+        return target
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".part")
+        with os.fdopen(fd, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
+                                              desc=f"download {target.name}") as bar:
+            for chunk in iter(lambda: resp.read(1 << 20), b""):
+                out.write(chunk)
+                bar.update(len(chunk))
+    os.replace(tmp, target)
+    return target
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """A MobileNetV2 state_dict from a plain state_dict file or a whole pickled model.
+
+    Nothing is unpickled with `weights_only=False`: a whole model is read with the restricted
+    unpickler, allowing only torch.nn and torchvision MobileNetV2 classes that the file names.
+    """
+    import torch.serialization as ser
+
+    names = ser.get_unsafe_globals_in_checkpoint(str(path))
+    refused = [n for n in names if not n.startswith(ALLOWED_MODULES)]
+    if refused:
+        raise WeightsError(f"{path} names classes outside torch.nn and torchvision's MobileNetV2 "
+                           f"({', '.join(refused)}); refusing to unpickle it.")
+    allowed = []
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        try:
+            allowed.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):
+            raise WeightsError(f"{path} was saved with a class this torchvision lacks ({name}); "
+                               "save it as a state_dict with the torchvision it was made with."
+                               ) from None
+    with ser.safe_globals(allowed):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    elif isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} holds neither a MobileNetV2 nor a state_dict of one.")
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    net = classifier_module().build_network()
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path} does not fit MobileNetV2 with an 11-class head: "
+                           f"{str(exc).splitlines()[0]}") from None
+    return net.state_dict()
+
+
+def build_stand_in(seed: int = STAND_IN_SEED) -> dict[str, torch.Tensor]:
+    """A MobileNetV2 with the 11-class head and seeded random weights (same result every time).
+
+    Freshly initialised, every image would get the same 1/11 probabilities; so the BatchNorm
+    statistics are set from seeded noise images and the head is centred on them, which makes
+    the (meaningless) answers differ from image to image, as a trained model's do.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = classifier_module().build_network()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # cumulative average over the calibration batches
+            module.reset_running_stats()
+    with torch.no_grad():
+        net.train()
+        for _ in range(3):
+            net(torch.randn(8, 3, 224, 224, generator=generator))
+        net.eval()
+        head = net.classifier[1]
+        head.weight.normal_(0.0, 0.05, generator=generator)
+        features = net.features(torch.randn(16, 3, 224, 224, generator=generator)).mean((2, 3))
+        head.bias.copy_(-(features.mean(0) @ head.weight.T))
+    return net.state_dict()
+
+
+def save_weights(state: dict[str, torch.Tensor], folder: Path, source: str, stand_in: bool,
+                 source_sha256: str | None = None) -> dict:
+    """Write `food11.pt` and `food11.json` into `folder` atomically; returns the metadata."""
+    mod = classifier_module()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    os.close(fd)
+    torch.save(state, tmp)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a container's user must read it
+    meta = {
+        "sha256": sha256_file(Path(tmp)),
+        "source": source,
+        "source_sha256": source_sha256,
+        "stand_in": stand_in,
+        "labels": list(mod.LABELS),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+    os.replace(tmp, folder / mod.WEIGHTS_FILE)
+    meta_tmp = folder / (mod.WEIGHTS_META + ".tmp")
+    meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(meta_tmp, folder / mod.WEIGHTS_META)
+    return meta
+
+
+def current(folder: Path | None = None) -> dict | None:
+    """Metadata of the weights in `folder` if they are present and match their SHA-256."""
+    folder = folder or model_dir("food_classifier")
+    try:
+        _, meta = classifier_module().load_weights(str(folder))
+        return meta
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+
+def ensure_weights(folder: Path | None = None, source: str | None = None, force: bool = False,
+                   expected_sha256: str | None = None, quiet: bool = False) -> dict:
+    """Make sure `folder` holds checked Food-11 weights; returns their metadata.
+
+    Weights already there (and matching their SHA-256) are kept unless `force`. Otherwise
+    `source` is read: a URL, a local file, or 'stand-in' (default: FOOD11_WEIGHTS or the course
+    URL). When a URL or file cannot be read, a seeded stand-in is built instead, and said loudly.
+    """
+    folder = Path(folder or model_dir("food_classifier"))
+    source = source or weights_source()
+    expected_sha256 = expected_sha256 or os.environ.get("FOOD11_SHA256") or None
+    say = (lambda *a: None) if quiet else print
+    meta = None if force else current(folder)
+    if meta is None:
+        meta = _build(folder, source, expected_sha256, say)
+    say(describe(meta))
+    if meta.get("stand_in") and not quiet:
+        say("To serve the trained model: `make weights` on a machine with network access, or "
+            "FOOD11_WEIGHTS=/path/to/food11.pth make weights.")
+    return meta
+
+
+def _build(folder: Path, source: str, expected_sha256: str | None, say) -> dict:
+    if source == STAND_IN:
+        return save_weights(build_stand_in(), folder, STAND_IN, stand_in=True)
+    try:
+        path = Path(source).expanduser()
+        if not path.exists():
+            if "://" not in source:
+                raise WeightsError(f"no weights file at {path}")
+            path = download(source, settings.DATA / "cache")
+    except (OSError, WeightsError) as exc:
+        say(f"Could not fetch the Food-11 weights from {source}: {exc}")
+        return save_weights(build_stand_in(), folder, STAND_IN, stand_in=True)
+    digest = sha256_file(path)
+    if expected_sha256 and digest != expected_sha256:
+        raise WeightsError(f"{path} has SHA-256 {digest}, expected {expected_sha256}. "
+                           "Delete it and fetch again, or check FOOD11_SHA256.")
+    return save_weights(read_checkpoint(path), folder, source, stand_in=False,
+                        source_sha256=digest)
+
+
+def describe(meta: dict) -> str:
+    """One paragraph saying which weights are served; a loud banner for a stand-in."""
+    if meta.get("stand_in"):
+        return BANNER
+    return (f"Food-11 weights from {meta['source']} (state_dict SHA-256 {meta['sha256'][:16]}..., "
+            f"converted {meta['created']}).")
+
+
+def copy_weights(src_folder: Path, dst_folder: Path) -> None:
+    """Copy the weight files (used to build test repositories)."""
+    mod = classifier_module()
+    dst_folder.mkdir(parents=True, exist_ok=True)
+    for name in (mod.WEIGHTS_FILE, mod.WEIGHTS_META):
+        shutil.copy2(src_folder / name, dst_folder / name)
