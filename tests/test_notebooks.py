@@ -1,4 +1,8 @@
-"""Every course notebook, executed end to end in quick mode on its own embedded Triton."""
+"""Every course notebook, executed end to end in quick mode on its own embedded Triton.
+
+The notebooks run in order against one private copy of the model repository and one results
+folder, as a student runs them: later notebooks read the results earlier ones saved.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +11,35 @@ import pytest
 
 from tritonlab import lab
 
-from .conftest import free_ports, tritonservers_in
+from .conftest import free_ports, make_repository, tritonservers_in
 
 pytestmark = pytest.mark.notebook
 
 
+@pytest.fixture(scope="module")
+def course(tmp_path_factory, weights_ready):
+    root = tmp_path_factory.mktemp("course")
+    return {"repository": make_repository(root / "model_repository"),
+            "results": root / "results", "out": root / "out"}
+
+
 @pytest.mark.parametrize("path", lab.course_notebooks(), ids=lambda p: p.stem)
-def test_notebook_runs(path, tmp_path, monkeypatch, weights_ready):
+def test_notebook_runs(path, course, tmp_path, monkeypatch):
     http, grpc, metrics = free_ports()
     state = tmp_path / "state"
     for key, value in {"TRITONLAB_HTTP_PORT": http, "TRITONLAB_GRPC_PORT": grpc,
                        "TRITONLAB_METRICS_PORT": metrics, "TRITONLAB_STATE_DIR": state,
+                       "TRITONLAB_MODEL_REPOSITORY": course["repository"],
+                       "TRITONLAB_RESULTS_DIR": course["results"],
                        "FOOD11_WEIGHTS": "stand-in"}.items():
         monkeypatch.setenv(key, str(value))
-    out = lab.run_notebook(path, tmp_path / "out", quick=True)
+    out = lab.run_notebook(path, course["out"], quick=True)
     nb = nbformat.read(out, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]
     assert not errors
-    assert list((tmp_path / "out" / "figures").glob(f"{path.stem[:2]}_*.png"))
+    assert list((course["out"] / "figures").glob(f"{path.stem[:2]}_*.png")), "no figure saved"
     assert not tritonservers_in(state), "the notebook left Triton running"
+    baseline = (course["repository"] / "food_classifier" / "config.pbtxt").read_text()
+    assert "kind: KIND_CPU" in baseline and "dynamic_batching" not in baseline, \
+        "the notebook did not put the baseline config back"

@@ -30,27 +30,46 @@ class ConfigError(ValueError):
 def classifier_config(name: str = "food_classifier", max_batch_size: int = 16,
                       instances: int = 1, kind: str = "KIND_CPU", gpus: list[int] | None = None,
                       num_threads: int = 0, dynamic_batching: dict | None = None,
+                      instance_groups: list[dict] | None = None, runtime: str = "torch",
                       backend: str = "python") -> mc.ModelConfig:
     """The Food-11 classifier's config: an encoded image in, a label and its probability out.
 
-    `num_threads` 0 leaves PyTorch's default (one thread per core). `dynamic_batching` takes
-    `preferred_batch_size` (list) and `max_queue_delay_microseconds`.
+    One instance group of `instances` x `kind` (on `gpus`), or several: `instance_groups` is a
+    list of dicts with count, kind and gpus. `num_threads` 0 leaves the runtime's default (one
+    thread per core). `dynamic_batching` takes `preferred_batch_size` (list) and
+    `max_queue_delay_microseconds`. `runtime` is 'torch' (eager PyTorch) or 'onnxruntime'
+    (the exported .onnx file run by ONNX Runtime inside the same Python model).
     """
     cfg = mc.ModelConfig(name=name, backend=backend, max_batch_size=max_batch_size)
     cfg.input.add(name="INPUT_IMAGE", data_type=mc.TYPE_STRING, dims=[1])
     cfg.output.add(name="FOOD_LABEL", data_type=mc.TYPE_STRING, dims=[1])
     cfg.output.add(name="PROBABILITY", data_type=mc.TYPE_FP32, dims=[1])
-    group = cfg.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.Kind.Value(kind))
-    if gpus:
-        group.gpus.extend(gpus)
+    add_instance_groups(cfg, instance_groups or [{"count": instances, "kind": kind,
+                                                  "gpus": gpus or []}])
     cfg.parameters["num_threads"].string_value = str(num_threads)
-    if dynamic_batching is not None:
-        cfg.dynamic_batching.SetInParent()
-        db = cfg.dynamic_batching
-        db.preferred_batch_size.extend(dynamic_batching.get("preferred_batch_size", []))
-        db.max_queue_delay_microseconds = int(dynamic_batching.get("max_queue_delay_microseconds",
-                                                                   0))
+    if runtime != "torch":
+        cfg.parameters["runtime"].string_value = runtime
+    set_dynamic_batching(cfg, dynamic_batching)
     return cfg
+
+
+def add_instance_groups(cfg: mc.ModelConfig, groups: list[dict]) -> None:
+    """Append instance groups given as dicts: count, kind ('KIND_CPU'/'KIND_GPU'), gpus."""
+    for spec in groups:
+        group = cfg.instance_group.add(count=spec.get("count", 1),
+                                       kind=mc.ModelInstanceGroup.Kind.Value(
+                                           spec.get("kind", "KIND_CPU")))
+        group.gpus.extend(spec.get("gpus") or [])
+
+
+def set_dynamic_batching(cfg: mc.ModelConfig, spec: dict | None) -> None:
+    """Turn on dynamic batching (`preferred_batch_size`, `max_queue_delay_microseconds`)."""
+    if spec is None:
+        return
+    cfg.dynamic_batching.SetInParent()
+    cfg.dynamic_batching.preferred_batch_size.extend(spec.get("preferred_batch_size", []))
+    cfg.dynamic_batching.max_queue_delay_microseconds = int(
+        spec.get("max_queue_delay_microseconds", 0))
 
 
 def validate(cfg: mc.ModelConfig, folder: Path | None = None, gpu_count: int | None = None) -> None:
@@ -95,6 +114,29 @@ def validate(cfg: mc.ModelConfig, folder: Path | None = None, gpu_count: int | N
                 problems.append(f"GPUs {missing} requested, but only {gpu_count} present")
     if problems:
         raise ConfigError(f"config '{cfg.name}' is not valid:\n- " + "\n- ".join(problems))
+
+
+def for_this_machine(cfg: mc.ModelConfig, gpu_count: int) -> tuple[mc.ModelConfig, str]:
+    """`cfg` as this machine can run it, and a note if it had to change.
+
+    Without enough GPUs, each KIND_GPU group runs as a KIND_CPU group of the same count: the
+    file on disk stays exactly as written for the GPU node; only the loaded copy differs.
+    """
+    needs = [g for g in cfg.instance_group if g.kind == mc.ModelInstanceGroup.KIND_GPU and
+             (gpu_count == 0 or any(i >= gpu_count for i in g.gpus))]
+    if not needs:
+        return cfg, ""
+    runnable = mc.ModelConfig()
+    runnable.CopyFrom(cfg)
+    for group in runnable.instance_group:
+        if group.kind == mc.ModelInstanceGroup.KIND_GPU:
+            group.kind = mc.ModelInstanceGroup.KIND_CPU
+            group.ClearField("gpus")
+    where = "no GPU" if gpu_count == 0 else f"only {gpu_count} GPU(s)"
+    note = (f"NOTE: this machine has {where}. config.pbtxt is written for the GPU node exactly as "
+            f"shown; here its {len(needs)} KIND_GPU instance group(s) run as KIND_CPU groups of "
+            "the same count, so the numbers below are CPU numbers.")
+    return runnable, note
 
 
 def to_text(cfg: mc.ModelConfig) -> str:

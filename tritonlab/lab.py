@@ -50,7 +50,7 @@ def run_course(notebooks: Sequence[Path] | None = None, out_dir: Path | None = N
                quick: bool = True) -> list[Path]:
     """Execute the notebooks in order; prints where the executed copies and figures are."""
     out_dir = out_dir or settings.output_dir()
-    notebooks = list(notebooks or course_notebooks())
+    notebooks = [Path(p) for p in (notebooks or course_notebooks())]
     done = []
     for path in notebooks:
         began = time.monotonic()

@@ -36,3 +36,118 @@ def show_predictions(images: Sequence[Path | str], predictions: Sequence, title:
     if name:
         print(f"Figure saved to {save(fig, name)}")
     return fig
+
+
+# --- performance figures (seaborn) ------------------------------------------------------------
+
+def _seaborn():
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    return sns
+
+
+def _finish(fig, name: str | None):
+    fig.tight_layout()
+    if name:
+        print(f"Figure saved to {save(fig, name)}")
+    return fig
+
+
+def throughput(df, name: str | None = None, title: str = "Throughput against concurrency"):
+    """Inferences per second at each concurrency, one line per variant."""
+    from .perf import THROUGHPUT
+
+    sns = _seaborn()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.lineplot(data=df, x="concurrency", y=THROUGHPUT, hue="variant", marker="o", ax=ax)
+    ax.set(xlabel="concurrent requests", ylabel="throughput (inferences/s)", title=title)
+    ax.set_ylim(bottom=0)
+    ax.set_xticks(sorted(df["concurrency"].unique()))
+    return _finish(fig, name)
+
+
+def latency(df, name: str | None = None, title: str = "Latency percentiles against concurrency"):
+    """p50, p95 and p99 latency (ms) at each concurrency; colour = variant, dashes = percentile."""
+    from .perf import P50, P95, P99
+
+    sns = _seaborn()
+    long = df.melt(id_vars=["variant", "concurrency"], value_vars=[P50, P95, P99],
+                   var_name="percentile", value_name="latency (ms)")
+    long["latency (ms)"] /= 1000
+    long["percentile"] = long["percentile"].str.split().str[0]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.lineplot(data=long, x="concurrency", y="latency (ms)", hue="variant", style="percentile",
+                 marker="o", ax=ax)
+    ax.set(xlabel="concurrent requests", ylabel="latency (ms)", title=title)
+    ax.set_ylim(bottom=0)
+    ax.set_xticks(sorted(df["concurrency"].unique()))
+    return _finish(fig, name)
+
+
+def breakdown(df, name: str | None = None, title: str = "Where a request's time goes"):
+    """Stacked bars per variant and concurrency: queue, compute input, infer, output, client."""
+    from .perf import BREAKDOWN, CLIENT_SIDE
+
+    parts = BREAKDOWN + [c for c in CLIENT_SIDE if c in df.columns]
+    table = df.set_index(["variant", "concurrency"])[parts] / 1000
+    table.columns = [c.replace("server ", "").replace(" (us)", "") for c in parts]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(table) + 2), 4.2))
+    table.plot.bar(stacked=True, ax=ax, width=0.75,
+                   color=["#d62728", "#9467bd", "#1f77b4", "#8c564b", "#7f7f7f", "#bcbd22",
+                          "#17becf"][: len(parts)])
+    ax.set_xticklabels([f"{v}\nc={c}" for v, c in table.index], rotation=0, fontsize=8)
+    ax.set(xlabel="", ylabel="mean time per request (ms)", title=title)
+    ax.legend(fontsize=8, loc="upper left")
+    return _finish(fig, name)
+
+
+def throughput_vs_latency(df, name: str | None = None,
+                          title: str = "Throughput against p95 latency"):
+    """Each variant's curve in the plane people trade off: up and left is better."""
+    from .perf import P95, THROUGHPUT
+
+    sns = _seaborn()
+    data = df.assign(**{"p95 latency (ms)": df[P95] / 1000})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.lineplot(data=data, x="p95 latency (ms)", y=THROUGHPUT, hue="variant", marker="o",
+                 sort=False, ax=ax)
+    for _, row in data.iterrows():
+        ax.annotate(f"c={row['concurrency']}", (row["p95 latency (ms)"], row[THROUGHPUT]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set(xlabel="p95 latency (ms)", ylabel="throughput (inferences/s)", title=title)
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    return _finish(fig, name)
+
+
+def batch_sizes(counts: dict[str, dict[int, int]], name: str | None = None,
+                title: str = "Batch sizes the model was executed with"):
+    """Executions per batch size (Triton's batch_stats), one bar colour per label."""
+    import pandas as pd
+
+    sns = _seaborn()
+    rows = [{"when": label, "batch size": size, "executions": n}
+            for label, sizes in counts.items() for size, n in sorted(sizes.items())]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    if rows:
+        sns.barplot(data=pd.DataFrame(rows), x="batch size", y="executions", hue="when", ax=ax)
+    ax.set(xlabel="batch size (images per model execution)", ylabel="executions", title=title)
+    return _finish(fig, name)
+
+
+def server_metrics(metrics, name: str | None = None,
+                   title: str = "Triton's metrics during the run"):
+    """CPU/GPU utilization and per-request queue and compute time, sampled from :8002."""
+    sns = _seaborn()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for col in ("cpu utilization (%)", "gpu utilization (%)"):
+        if col in metrics:
+            sns.lineplot(data=metrics, x="time (s)", y=col, ax=left, label=col.split()[0].upper())
+    left.set(ylabel="utilization (%)", ylim=(0, 105), title="utilization")
+    for col in ("queue per request (ms)", "compute per request (ms)"):
+        if col in metrics:
+            sns.lineplot(data=metrics, x="time (s)", y=col, ax=right, label=col.split()[0])
+    right.set(ylabel="ms per request", title="queue and compute time")
+    fig.suptitle(title)
+    return _finish(fig, name)

@@ -65,11 +65,11 @@ class TritonServer(ABC):
 
     mode: str = "abstract"
 
-    def __init__(self, model_repository: Path | str = settings.MODEL_REPOSITORY,
+    def __init__(self, model_repository: Path | str | None = None,
                  ports: Ports | None = None, host: str = "127.0.0.1",
                  api_headers: dict[str, str] | None = None) -> None:
         # The repository as this machine sees it (a container may mount it elsewhere).
-        self.model_repository = Path(model_repository).resolve()
+        self.model_repository = Path(model_repository or settings.model_repository()).resolve()
         self.ports = ports or Ports.from_env()
         self.host = host
         # Headers sent with model-control calls (the Docker setup restricts that API by a key).
@@ -297,7 +297,7 @@ class LocalTriton(TritonServer):
 
     mode = "embedded"
 
-    def __init__(self, model_repository: Path | str = settings.MODEL_REPOSITORY,
+    def __init__(self, model_repository: Path | str | None = None,
                  ports: Ports | None = None, state_dir: Path | str | None = None,
                  attach: bool = True, extra_args: Sequence[str] = (), quiet: bool = False,
                  exit_timeout: int = 10) -> None:

@@ -30,6 +30,16 @@ def output_dir() -> Path:
     return _env_path("TRITONLAB_OUTPUT_DIR", ROOT / "build" / "lab")
 
 
+def model_repository() -> Path:
+    """The repository Triton serves (TRITONLAB_MODEL_REPOSITORY lets tests use a copy)."""
+    return _env_path("TRITONLAB_MODEL_REPOSITORY", MODEL_REPOSITORY)
+
+
+def results_dir() -> Path:
+    """Where measurements are saved, one JSON file per run (ignored by git)."""
+    return _env_path("TRITONLAB_RESULTS_DIR", RESULTS)
+
+
 def figures_dir() -> Path:
     return output_dir() / "figures"
 

@@ -33,6 +33,8 @@ LABELS = (
 )
 WEIGHTS_FILE = "food11.pt"
 WEIGHTS_META = "food11.json"
+ONNX_FILE = "food11.onnx"            # the same network exported by tritonlab.onnx_export
+ONNX_META = "food11.onnx.json"
 
 MAX_ENCODED_BYTES = 20 * 1024 * 1024  # larger uploads are refused before decoding
 MAX_PIXELS = 50_000_000               # larger images (decompression bombs) are refused
@@ -166,31 +168,84 @@ def load_weights(folder: str, device: str = "cpu"):
     return state, meta
 
 
-class Food11Classifier:
-    """The network with its weights, ready to classify batches of preprocessed images."""
+def load_onnx_session(folder: str, weights_sha256: str, device: str = "cpu",
+                      num_threads: int = 0):
+    """An ONNX Runtime session for the exported network, refusing an export of other weights."""
+    import onnxruntime as ort
 
-    def __init__(self, folder: str, device: str = "cpu", num_threads: int = 0):
+    path = os.path.join(folder, ONNX_FILE)
+    meta_path = os.path.join(folder, ONNX_META)
+    if not (os.path.exists(path) and os.path.exists(meta_path)):
+        raise FileNotFoundError(f"no {ONNX_FILE} in {folder}: export it first "
+                                "(tritonlab.onnx_export.export_onnx(), notebook 05)")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if meta.get("weights_sha256") != weights_sha256 or meta.get("sha256") != sha256_of(path):
+        raise ValueError(f"{ONNX_FILE} was not exported from the current weights (or was "
+                         "changed since): export it again")
+    options = ort.SessionOptions()
+    if num_threads > 0:
+        options.intra_op_num_threads = num_threads
+        options.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])}))
+    return ort.InferenceSession(path, sess_options=options, providers=providers)
+
+
+class Food11Classifier:
+    """The network with its weights, ready to classify batches of preprocessed images.
+
+    `runtime` 'torch' runs the network in eager PyTorch; 'onnxruntime' runs the exported
+    `food11.onnx` (same weights) with ONNX Runtime. Preprocessing is the same for both.
+    """
+
+    def __init__(self, folder: str, device: str = "cpu", num_threads: int = 0,
+                 runtime: str = "torch"):
+        if runtime not in ("torch", "onnxruntime"):
+            raise ValueError(f"runtime must be 'torch' or 'onnxruntime', not {runtime!r}")
         if num_threads > 0:
             torch.set_num_threads(num_threads)
         self.device = torch.device(device)
+        self.runtime = runtime
         state, self.meta = load_weights(folder, device="cpu")
-        net = build_network()
-        net.load_state_dict(state)
-        self.net = net.to(self.device).eval()
         self.stand_in = bool(self.meta.get("stand_in"))
+        self.session = self.net = None
+        if runtime == "onnxruntime":
+            self.session = load_onnx_session(folder, self.meta["sha256"], device, num_threads)
+        else:
+            net = build_network()
+            net.load_state_dict(state)
+            self.net = net.to(self.device).eval()
         # x_normalised = x_uint8 * scale - shift, per channel
         std = torch.tensor(STD).view(1, 3, 1, 1)
         self.scale = (1.0 / (255.0 * std)).to(self.device)
         self.shift = (torch.tensor(MEAN).view(1, 3, 1, 1) / std).to(self.device)
 
+    def preprocess(self, images: np.ndarray) -> torch.Tensor:
+        """(N, 224, 224, 3) uint8 -> normalised (N, 3, 224, 224) float32 on the device."""
+        x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float()
+        return x * self.scale - self.shift
+
     @torch.inference_mode()
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Class index and softmax probability for each image of an (N, 224, 224, 3) uint8 array."""
-        x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float()
-        x = x * self.scale - self.shift
-        probs = torch.softmax(self.net(x), dim=1)
+        if self.session is not None:
+            return self._predict_onnx(images)
+        probs = torch.softmax(self.net(self.preprocess(images)).float(), dim=1)
         prob, idx = probs.max(dim=1)
         return idx.cpu().numpy(), prob.cpu().numpy().astype(np.float32)
+
+    def _predict_onnx(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # NumPy only: PyTorch's thread pool and ONNX Runtime's would compete for the cores.
+        scale = self.scale.cpu().numpy().reshape(1, 1, 1, 3)
+        shift = self.shift.cpu().numpy().reshape(1, 1, 1, 3)
+        x = np.ascontiguousarray((images * scale - shift).astype(np.float32).transpose(0, 3, 1, 2))
+        logits = self.session.run(None, {self.session.get_inputs()[0].name: x})[0]
+        logits = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
+        return probs.argmax(axis=1), probs.max(axis=1).astype(np.float32)
 
     def classify(self, encoded: list) -> list[tuple[str, float]]:
         """Label and probability for each encoded image (raw bytes or base64 text)."""
@@ -213,13 +268,15 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         num_threads = int(params.get("num_threads", "0") or 0)
+        runtime = params.get("runtime", "torch") or "torch"
         device = "cpu"
         if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available():
             device = f"cuda:{int(args.get('model_instance_device_id', 0))}"
         folder = os.path.dirname(os.path.abspath(__file__))
-        self.model = Food11Classifier(folder, device=device, num_threads=num_threads)
+        self.model = Food11Classifier(folder, device=device, num_threads=num_threads,
+                                      runtime=runtime)
         self.labels = np.array([s.encode() for s in LABELS], dtype=object)
-        where = f"{device}, {torch.get_num_threads()} threads"
+        where = f"{runtime} on {device}, {num_threads or torch.get_num_threads()} threads"
         print(f"[{args['model_instance_name']}] Food-11 classifier on {where}; weights from "
               f"{self.model.meta.get('source')}", flush=True)
         if self.model.stand_in:

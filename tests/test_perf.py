@@ -1,0 +1,156 @@
+"""perf_analyzer runs, saved results, server metrics and config deployment, on the real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import requests
+
+from tritonlab import configs, deploy, metrics, perf, results
+
+pytestmark = pytest.mark.server
+
+QUICK = perf.PerfSettings(concurrency=[2, 1], measurement_ms=1000, max_trials=5)
+
+
+@pytest.fixture()
+def results_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITONLAB_RESULTS_DIR", str(tmp_path / "results"))
+    return tmp_path / "results"
+
+
+def test_every_flag_the_course_uses_exists_in_perf_analyzer():
+    proc = subprocess.run([str(perf.binary()), "--help"], capture_output=True, text=True,
+                          env=perf.environment())
+    help_text = proc.stdout + proc.stderr  # 2.51 prints its usage on stderr
+    cmd = perf.command("127.0.0.1:8000", "m", 4, perf.Path("x.csv"),
+                       perf.PerfSettings(collect_metrics=True), "http://127.0.0.1:8002/metrics")
+    flags = [c for c in cmd if c.startswith("--")]
+    assert flags
+    for flag in flags:
+        assert flag in help_text, f"perf_analyzer 2.51 has no {flag}"
+    assert cmd[cmd.index("--concurrency-range") + 1] == "4:4"
+
+
+def test_run_measures_saves_and_samples_metrics(triton, results_dir):
+    run = perf.run(triton, "food_classifier", "test baseline", QUICK, notes="test")
+    df = run.df
+    assert list(df["concurrency"]) == [1, 2]  # ordered by concurrency, whatever was asked
+    assert (df[perf.THROUGHPUT] > 0).all()
+    assert (df[perf.P95] >= df[perf.P50]).all()
+    for column in perf.BREAKDOWN + [perf.P99, "client send (us)"]:
+        assert column in df.columns
+    saved = json.loads(run.path.read_text())
+    meta = saved["meta"]
+    assert meta["server_version"] == "2.51.0" and meta["mode"] == "embedded"
+    assert meta["variant"] == "test baseline" and meta["concurrency"] == [2, 1]
+    assert meta["config"]["name"] == "food_classifier" and "CPU x1" in meta["device"]
+    assert "--measurement-interval 1000" in meta["commands"][0]
+    assert not list(results_dir.glob("*.tmp"))
+    assert not run.metrics.empty and run.metrics["requests/s"].max() > 0
+    assert run.metrics["failed requests"].sum() == 0
+    table = results.table()
+    assert set(table["variant"]) == {"test baseline"}
+    latest = results.latest("test baseline")
+    assert latest is not None and latest[1] == run.path
+    story = perf.explain_queue(df)
+    assert "concurrency 1" in story and "concurrency 2" in story
+
+
+def test_unknown_model_gives_a_clear_error(triton, results_dir):
+    with pytest.raises(perf.PerfError, match="not loaded or not ready"):
+        perf.run(triton, "no_such_model", "x", QUICK, sample_metrics=False)
+    assert not results_dir.exists() or not list(results_dir.iterdir())
+
+
+def test_bad_input_file_gives_a_clear_error(triton, results_dir, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ not json")
+    opts = perf.PerfSettings(concurrency=[1], measurement_ms=1000, input_data=str(bad))
+    with pytest.raises(perf.PerfError, match="input file"):
+        perf.run(triton, "food_classifier", "x", opts, sample_metrics=False)
+
+
+def test_stopped_server_is_reported_before_running(repository, tmp_path):
+    from tritonlab.server import LocalTriton
+    from tritonlab.settings import Ports
+
+    from .conftest import free_ports
+
+    down = LocalTriton(repository, ports=Ports(*free_ports()), state_dir=tmp_path, quiet=True)
+    with pytest.raises(perf.PerfError, match="not ready"):
+        perf.run(down, "food_classifier", "x", QUICK)
+
+
+def test_winners_and_relative_table(results_dir):
+    import pandas as pd
+
+    df = pd.DataFrame({"variant": ["a", "a", "b", "b"], "concurrency": [1, 8, 1, 8],
+                       perf.THROUGHPUT: [10.0, 12.0, 9.0, 30.0],
+                       perf.P95: [50e3, 400e3, 60e3, 200e3]})
+    win = results.winners(df).set_index("concurrency")
+    assert win.loc[1, "highest throughput"].startswith("a (10.0")
+    assert win.loc[8, "highest throughput"].startswith("b (30.0")
+    assert win.loc[8, "lowest p95 latency"] == "b (200 ms)"
+
+
+def test_prometheus_parsing_and_rates():
+    text = """# HELP nv_cpu_utilization CPU utilization rate [0.0 - 1.0]
+nv_cpu_utilization 0.5
+nv_inference_request_success{model="food_classifier",version="1"} 10
+nv_inference_request_success{model="other",version="1"} 99
+nv_inference_queue_duration_us{model="food_classifier",version="1"} 2000
+nv_inference_compute_infer_duration_us{model="food_classifier",version="1"} 30000
+nv_inference_count{model="food_classifier",version="1"} 10
+nv_inference_exec_count{model="food_classifier",version="1"} 5
+nv_gpu_utilization{gpu_uuid="GPU-a"} 0.2
+nv_gpu_utilization{gpu_uuid="GPU-b"} 0.4
+"""
+    first = metrics.snapshot(metrics.parse(text), "food_classifier")
+    assert first["request_success"] == 10 and first["gpu_utilization"] == pytest.approx(0.3)
+    second = dict(first, request_success=20, queue_duration_us=4000,
+                  compute_infer_duration_us=60000, count=20, exec_count=7)
+    frame = metrics.to_frame([dict(first, **{"time (s)": 0.0}),
+                              dict(second, **{"time (s)": 2.0})])
+    row = frame.iloc[0]
+    assert row["requests/s"] == 5 and row["queue per request (ms)"] == pytest.approx(0.2)
+    assert row["compute per request (ms)"] == pytest.approx(3.0)
+    assert row["mean batch size"] == 5 and row["gpu utilization (%)"] == pytest.approx(30)
+
+
+def test_gpu_config_is_written_as_is_and_run_on_cpu(triton, capsys):
+    cfg = configs.classifier_config(kind="KIND_GPU", gpus=[0])
+    try:
+        deploy.deploy(triton, cfg, gpu_count=0)
+        on_disk = (triton.model_repository / "food_classifier" / "config.pbtxt").read_text()
+        assert "kind: KIND_GPU" in on_disk and "gpus: 0" in on_disk
+        assert "NOTE: this machine has no GPU" in capsys.readouterr().out
+        served = requests.get(f"http://{triton.http_url}/v2/models/food_classifier/config",
+                              timeout=10).json()
+        assert served["instance_group"][0]["kind"] == "KIND_CPU"
+    finally:
+        deploy.restore_baseline(triton)
+    assert "kind: KIND_CPU" in (triton.model_repository / "food_classifier" /
+                                "config.pbtxt").read_text()
+
+
+def test_deploy_by_restart_reports_seconds(triton, capsys):
+    cfg = configs.classifier_config(max_batch_size=8)
+    try:
+        seconds = deploy.deploy(triton, cfg, how="restart")
+        assert seconds > 0 and triton.is_ready()
+        out = capsys.readouterr().out
+        assert "+max_batch_size: 8" in out and "ready after restart" in out
+    finally:
+        deploy.restore_baseline(triton)
+
+
+def test_invalid_config_is_refused_before_anything_is_written(triton):
+    path = triton.model_repository / "food_classifier" / "config.pbtxt"
+    before = path.read_text()
+    cfg = configs.classifier_config(dynamic_batching={"preferred_batch_size": [64]})
+    with pytest.raises(configs.ConfigError, match="outside 1..max_batch_size"):
+        deploy.deploy(triton, cfg)
+    assert path.read_text() == before

@@ -1,0 +1,51 @@
+"""Make Triton use a config variant: write config.pbtxt, show the diff, reload or restart."""
+
+from __future__ import annotations
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from . import configs, devices
+
+
+def deploy(server, cfg: mc.ModelConfig, how: str = "reload", source: str = "a course notebook",
+           gpu_count: int | None = None,
+           regenerate: str = "rerun the notebook cell that wrote it (`make configs` restores the "
+                             "baseline)") -> float:
+    """Write `cfg` into the served repository, print the diff, apply it; returns seconds to ready.
+
+    `how` is 'reload' (explicit model control: only this model is reloaded) or 'restart' (the
+    whole server, as after editing config.pbtxt by hand). A GPU config on a machine without
+    the GPUs it names is written as is and loaded with CPU instances, with a note saying so.
+    """
+    if how not in ("reload", "restart"):
+        raise ValueError("how must be 'reload' or 'restart'")
+    gpu_count = devices.gpu_count() if gpu_count is None else gpu_count
+    path = server.model_repository / cfg.name / "config.pbtxt"
+    before = configs.read_config(path) if path.exists() else None
+    configs.validate(cfg, folder=path.parent)
+    changes = configs.diff(before, cfg)
+    print(f"{path.relative_to(server.model_repository.parent)}: "
+          + ("\n" + changes if changes else "unchanged"))
+    configs.write_config(cfg, server.model_repository, source=source, regenerate=regenerate)
+    runnable, note = configs.for_this_machine(cfg, gpu_count)
+    if note:
+        print(note)
+    if how == "reload":
+        seconds = server.reload_model(cfg.name, config=runnable)
+    elif note:
+        # The file names GPUs this machine lacks: restart without it, then load the CPU copy.
+        others = sorted(d.name for d in server.model_repository.iterdir()
+                        if (d / "config.pbtxt").exists() and d.name != cfg.name)
+        seconds = server.restart(models=others, timeout=180)
+        seconds += server.reload_model(cfg.name, config=runnable)
+    else:
+        seconds = server.restart(timeout=180)
+    print(f"'{cfg.name}' ready after {how}: {seconds:.1f} s")
+    return seconds
+
+
+def restore_baseline(server) -> float:
+    """Put the committed baseline config back (end of each notebook) and reload it."""
+    return deploy(server, configs.course_configs()["food_classifier"], how="reload",
+                  source="tritonlab.configs.course_configs()['food_classifier']",
+                  regenerate="make configs")

@@ -1,0 +1,130 @@
+"""Triton's Prometheus metrics (:8002), sampled during a run: utilization, queue and compute time.
+
+This is what the public course asks students to screenshot from nvtop; here it is sampled in a
+background thread while perf_analyzer runs, and plotted beside the perf results.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import defaultdict
+
+import pandas as pd
+import requests
+
+_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Prometheus text format as (name, labels, value) triples; comments are skipped."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if not m:
+            continue
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            continue
+        out.append((m.group(1), dict(_LABEL.findall(m.group(2) or "")), value))
+    return out
+
+
+def snapshot(samples: list[tuple[str, dict[str, str], float]], model: str | None) -> dict:
+    """The figures the course plots, from one scrape: sums over a model's versions, GPU means."""
+    model_sum: dict[str, float] = defaultdict(float)
+    gpu_util, snap = [], {}
+    for name, labels, value in samples:
+        if name == "nv_cpu_utilization":
+            snap["cpu_utilization"] = value
+        elif name == "nv_cpu_memory_used_bytes":
+            snap["cpu_memory_used_bytes"] = value
+        elif name == "nv_gpu_utilization":
+            gpu_util.append(value)
+        elif name.startswith("nv_inference_") and (model is None or labels.get("model") == model):
+            model_sum[name] += value
+    if gpu_util:
+        snap["gpu_utilization"] = sum(gpu_util) / len(gpu_util)
+    for key in ("nv_inference_request_success", "nv_inference_request_failure",
+                "nv_inference_count", "nv_inference_exec_count", "nv_inference_queue_duration_us",
+                "nv_inference_compute_infer_duration_us", "nv_inference_request_duration_us"):
+        snap[key.removeprefix("nv_inference_")] = model_sum.get(key, 0.0)
+    return snap
+
+
+class MetricsSampler:
+    """Scrape the metrics endpoint every `interval` seconds in a background thread."""
+
+    def __init__(self, url: str, model: str | None = None, interval: float = 0.5) -> None:
+        self.url, self.model, self.interval = url, model, interval
+        self.samples: list[dict] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = 0.0
+
+    def _scrape(self) -> None:
+        try:
+            text = requests.get(self.url, timeout=2).text
+        except requests.RequestException:
+            self.errors += 1
+            return
+        snap = snapshot(parse(text), self.model)
+        snap["time (s)"] = time.monotonic() - self._t0
+        self.samples.append(snap)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._scrape()
+            self._stop.wait(self.interval)
+
+    def start(self) -> MetricsSampler:
+        self._t0 = time.monotonic()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="metrics-sampler")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._scrape()  # a last sample, so the final interval is counted
+
+    def __enter__(self) -> MetricsSampler:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def frame(self) -> pd.DataFrame:
+        """One row per interval between samples: utilization and per-request times."""
+        return to_frame(self.samples)
+
+
+def to_frame(samples: list[dict]) -> pd.DataFrame:
+    """Turn cumulative counters into per-interval rates and per-request averages."""
+    if len(samples) < 2:
+        return pd.DataFrame()
+    raw = pd.DataFrame(samples)
+    d = raw.diff().iloc[1:]
+    out = pd.DataFrame({"time (s)": raw["time (s)"].iloc[1:]})
+    done = d["request_success"].where(d["request_success"] > 0)
+    out["requests/s"] = d["request_success"] / d["time (s)"]
+    out["failed requests"] = d["request_failure"]
+    out["queue per request (ms)"] = d["queue_duration_us"] / done / 1000
+    out["compute per request (ms)"] = d["compute_infer_duration_us"] / done / 1000
+    execs = d["exec_count"].where(d["exec_count"] > 0)
+    out["mean batch size"] = d["count"] / execs
+    if "cpu_utilization" in raw:
+        out["cpu utilization (%)"] = raw["cpu_utilization"].iloc[1:] * 100
+    if "gpu_utilization" in raw:
+        out["gpu utilization (%)"] = raw["gpu_utilization"].iloc[1:] * 100
+    if "cpu_memory_used_bytes" in raw:
+        out["cpu memory used (GiB)"] = raw["cpu_memory_used_bytes"].iloc[1:] / 2**30
+    return out.reset_index(drop=True)

@@ -1,0 +1,89 @@
+"""Saved measurements: one JSON file per run under data/results/, read back as one table."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from . import settings
+
+
+def save_run(run) -> Path:
+    """Write a PerfRun as `<results>/<date>_<variant>.json`, atomically (never half-written)."""
+    from .perf import to_json
+
+    folder = settings.results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = run.meta["date"].replace(":", "").replace("-", "").replace("+0000", "Z")
+    slug = re.sub(r"[^a-zA-Z0-9]+", "-", run.meta["variant"]).strip("-").lower()
+    path = folder / f"{stamp}_{slug}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(to_json(run))
+    os.replace(tmp, path)
+    return path
+
+
+def load_runs(folder: Path | None = None) -> list[dict]:
+    """Every saved run, oldest first; files that cannot be read are skipped with a note."""
+    folder = folder or settings.results_dir()
+    runs = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            data["path"] = str(path)
+            runs.append(data)
+        except (OSError, ValueError) as exc:
+            print(f"skipped {path.name}: {exc}")
+    return runs
+
+
+def table(folder: Path | None = None, latest: bool = True) -> pd.DataFrame:
+    """All saved rows with their run's variant, mode, device and date (latest run per variant)."""
+    frames = []
+    for data in load_runs(folder):
+        df = pd.DataFrame(data["rows"])
+        if df.empty:
+            continue
+        meta = data["meta"]
+        df["variant"] = meta["variant"]
+        for key in ("mode", "device", "date", "measurement_ms", "quick"):
+            df[key] = meta.get(key)
+        df["file"] = Path(data["path"]).name
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    if latest:
+        newest = out.groupby("variant")["date"].transform("max")
+        out = out[out["date"] == newest]
+    return out.sort_values(["variant", "concurrency"]).reset_index(drop=True)
+
+
+def latest(variant: str, folder: Path | None = None) -> tuple[pd.DataFrame, Path] | None:
+    """The newest saved run of `variant` as (rows, file), or None."""
+    found = [d for d in load_runs(folder) if d["meta"]["variant"] == variant]
+    if not found:
+        return None
+    data = max(found, key=lambda d: d["meta"]["date"])
+    df = pd.DataFrame(data["rows"])
+    df["variant"] = variant
+    return df, Path(data["path"])
+
+
+def winners(df: pd.DataFrame) -> pd.DataFrame:
+    """For each concurrency: the variant with the highest throughput and the one with lowest p95."""
+    from .perf import P95, THROUGHPUT
+
+    rows = []
+    for level, group in df.groupby("concurrency"):
+        best = group.loc[group[THROUGHPUT].idxmax()]
+        fastest = group.loc[group[P95].idxmin()]
+        rows.append({"concurrency": level,
+                     "highest throughput": f"{best['variant']} ({best[THROUGHPUT]:.1f}/s)",
+                     "lowest p95 latency": f"{fastest['variant']} ({fastest[P95] / 1000:.0f} ms)",
+                     "variants measured": len(group)})
+    return pd.DataFrame(rows)
