@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help system-deps install assets weights configs lab lab-full test serve stop status logs \
-        jupyter lint clean
+        api jupyter lint clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ status:  ## is the background Triton running?
 
 logs:  ## the last lines of the background Triton's log
 	$(BIN)/python -m tritonlab logs
+
+api: install  ## the FastAPI endpoint on 127.0.0.1:8080 (Swagger at /docs) against the running Triton
+	$(BIN)/python -m uvicorn tritonlab.api:app --host 127.0.0.1 --port 8080
 
 jupyter: install  ## JupyterLab on the notebooks, on 127.0.0.1:8888, with this environment
 	$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=8888 --no-browser

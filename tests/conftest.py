@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tritonlab import samples, settings, weights
+from tritonlab import captioning, samples, settings, weights
 from tritonlab.models import load_model_module, model_dir
 from tritonlab.server import LocalTriton
 from tritonlab.settings import Ports
@@ -30,16 +30,20 @@ def free_ports(count: int = 3) -> list[int]:
 
 
 def tritonservers_in(state_dir: Path) -> list[psutil.Process]:
-    """Running tritonserver processes started with this state folder's backends."""
+    """Running tritonserver and backend stub processes started from this state folder."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "status"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        if "tritonserver" in cmd and str(state_dir) in cmd:
+        if (("tritonserver" in cmd or "triton_python_backend_stub" in cmd)
+                and str(state_dir) in cmd and proc.info["status"] != psutil.STATUS_ZOMBIE):
             found.append(proc)
     return found
 
 
-def make_repository(root: Path, names: tuple[str, ...] = ("food_classifier",)) -> Path:
+COURSE_MODELS = ("food_classifier", "conditional_captioning", "food_captioning")
+
+
+def make_repository(root: Path, names: tuple[str, ...] = COURSE_MODELS) -> Path:
     """A private model repository with copies of the course's models (tests may rewrite it)."""
     for name in names:
         shutil.copytree(settings.MODEL_REPOSITORY / name, root / name,
@@ -49,7 +53,8 @@ def make_repository(root: Path, names: tuple[str, ...] = ("food_classifier",)) -
 
 @pytest.fixture(scope="session")
 def weights_ready() -> dict:
-    """Weights beside the served model: kept if present, else a stand-in (never the network)."""
+    """Weights beside the served models: kept if present, else stand-ins (never the network)."""
+    captioning.ensure_blip(source=captioning.STAND_IN, quiet=True)
     return weights.ensure_weights(source=weights.STAND_IN, quiet=True)
 
 

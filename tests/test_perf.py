@@ -49,6 +49,10 @@ def test_run_measures_saves_and_samples_metrics(triton, results_dir):
     assert meta["config"]["name"] == "food_classifier" and "CPU x1" in meta["device"]
     assert "--measurement-interval 1000" in meta["commands"][0]
     assert not list(results_dir.glob("*.tmp"))
+    import pandas as pd
+
+    csv = pd.read_csv(run.path.with_suffix(".csv"))
+    assert list(csv["concurrency"]) == [1, 2] and perf.THROUGHPUT in csv.columns
     assert not run.metrics.empty and run.metrics["requests/s"].max() > 0
     assert run.metrics["failed requests"].sum() == 0
     table = results.table()

@@ -9,12 +9,13 @@ from . import settings
 
 
 def _prepare(args) -> int:
-    from . import configs, samples, weights
+    from . import captioning, configs, samples, weights
 
     samples.sample_images()
     inputs = samples.write_perf_inputs()
     print(f"perf_analyzer inputs: {', '.join(str(p) for p in inputs.values())}")
     weights.ensure_weights(source=args.source)
+    captioning.ensure_blip(source=args.source)
     for path in configs.write_course_configs():
         print(f"config: {path}")
     return 0
@@ -106,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tritonlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="sample images, perf inputs, weights, configs")
-    p.add_argument("--source", help="weights: URL, file or 'stand-in' (default: FOOD11_WEIGHTS "
-                                    "or the course URL)")
+    p.add_argument("--source", help="'stand-in' builds offline stand-ins for missing weights "
+                                    "(default: FOOD11_WEIGHTS / BLIP_WEIGHTS, else the real ones)")
     p.set_defaults(func=_prepare)
     sub.add_parser("weights", help="fetch the Food-11 weights again (a stand-in is replaced)"
                    ).set_defaults(func=_weights)

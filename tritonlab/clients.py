@@ -75,3 +75,30 @@ def batch_size_counts(stats: dict) -> dict[int, int]:
     """How many executions Triton ran at each batch size, from `model_stats()`."""
     return {int(b["batch_size"]): int(b["compute_infer"]["count"])
             for b in stats.get("batch_stats", [])}
+
+
+@dataclass
+class Captioned:
+    """One image's answer from the food_captioning ensemble."""
+
+    label: str
+    probability: float
+    caption: str
+
+
+def caption(url: str, images: Sequence[bytes | str | Path], protocol: str = "http",
+            model: str = "food_captioning") -> list[Captioned]:
+    """Label, probability and caption for every image, in one request to the ensemble."""
+    lib = httpclient if protocol == "http" else grpcclient
+    batch = image_batch(images)
+    inp = lib.InferInput("INPUT_IMAGE", list(batch.shape), "BYTES")
+    inp.set_data_from_numpy(batch)
+    client = make_client(url, protocol)
+    try:
+        result = client.infer(model, [inp])
+    finally:
+        client.close()
+    text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
+    return [Captioned(text(lb), float(p), text(c)) for lb, p, c in zip(
+        result.as_numpy("FOOD_LABEL").reshape(-1), result.as_numpy("PROBABILITY").reshape(-1),
+        result.as_numpy("CAPTION").reshape(-1))]

@@ -53,6 +53,82 @@ def classifier_config(name: str = "food_classifier", max_batch_size: int = 16,
     return cfg
 
 
+def captioning_config(name: str = "conditional_captioning", max_batch_size: int = 8,
+                      instances: int = 1, kind: str = "KIND_CPU", gpus: list[int] | None = None,
+                      num_threads: int = 0, max_new_tokens: int = 20, num_beams: int = 1,
+                      dynamic_batching: dict | None = None) -> mc.ModelConfig:
+    """BLIP conditional captioning: an encoded image and its food label in, a caption out."""
+    cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
+    cfg.input.add(name="INPUT_IMAGE", data_type=mc.TYPE_STRING, dims=[1])
+    cfg.input.add(name="FOOD_LABEL", data_type=mc.TYPE_STRING, dims=[1])
+    cfg.output.add(name="CAPTION", data_type=mc.TYPE_STRING, dims=[1])
+    add_instance_groups(cfg, [{"count": instances, "kind": kind, "gpus": gpus or []}])
+    for key, value in (("num_threads", num_threads), ("max_new_tokens", max_new_tokens),
+                       ("num_beams", num_beams)):
+        cfg.parameters[key].string_value = str(value)
+    set_dynamic_batching(cfg, dynamic_batching)
+    return cfg
+
+
+def ensemble_config(name: str = "food_captioning", max_batch_size: int = 8,
+                    classifier: str = "food_classifier",
+                    captioner: str = "conditional_captioning") -> mc.ModelConfig:
+    """The ensemble: classify the image, then caption it conditioned on the label."""
+    cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
+    cfg.input.add(name="INPUT_IMAGE", data_type=mc.TYPE_STRING, dims=[1])
+    cfg.output.add(name="FOOD_LABEL", data_type=mc.TYPE_STRING, dims=[1])
+    cfg.output.add(name="PROBABILITY", data_type=mc.TYPE_FP32, dims=[1])
+    cfg.output.add(name="CAPTION", data_type=mc.TYPE_STRING, dims=[1])
+    classify = cfg.ensemble_scheduling.step.add(model_name=classifier, model_version=-1)
+    classify.input_map["INPUT_IMAGE"] = "INPUT_IMAGE"
+    classify.output_map["FOOD_LABEL"] = "FOOD_LABEL"
+    classify.output_map["PROBABILITY"] = "PROBABILITY"
+    caption = cfg.ensemble_scheduling.step.add(model_name=captioner, model_version=-1)
+    caption.input_map["INPUT_IMAGE"] = "INPUT_IMAGE"
+    caption.input_map["FOOD_LABEL"] = "FOOD_LABEL"
+    caption.output_map["CAPTION"] = "CAPTION"
+    return cfg
+
+
+def check_ensemble(ensemble: mc.ModelConfig, steps: dict[str, mc.ModelConfig]) -> None:
+    """Raise ConfigError if an ensemble's steps disagree on names, data types or batch sizes."""
+    problems = []
+    tensors = {t.name: t.data_type for t in ensemble.input}
+    for step in ensemble.ensemble_scheduling.step:
+        model = steps.get(step.model_name)
+        if model is None:
+            problems.append(f"step '{step.model_name}' is not a known model")
+            continue
+        if ensemble.max_batch_size > model.max_batch_size:
+            problems.append(f"max_batch_size {ensemble.max_batch_size} exceeds "
+                            f"'{step.model_name}' ({model.max_batch_size})")
+        inputs = {t.name: t.data_type for t in model.input}
+        outputs = {t.name: t.data_type for t in model.output}
+        for model_input, tensor in step.input_map.items():
+            if model_input not in inputs:
+                problems.append(f"'{step.model_name}' has no input '{model_input}'")
+            elif tensor not in tensors:
+                problems.append(f"'{tensor}' feeds '{step.model_name}' before any step makes it")
+            elif tensors[tensor] != inputs[model_input]:
+                want = mc.DataType.Name(inputs[model_input])
+                problems.append(f"'{tensor}' is {mc.DataType.Name(tensors[tensor])} but "
+                                f"'{step.model_name}' expects {want}")
+        for model_output, tensor in step.output_map.items():
+            if model_output not in outputs:
+                problems.append(f"'{step.model_name}' has no output '{model_output}'")
+            else:
+                tensors[tensor] = outputs[model_output]
+    for out in ensemble.output:
+        if out.name not in tensors:
+            problems.append(f"ensemble output '{out.name}' is made by no step")
+        elif tensors[out.name] != out.data_type:
+            problems.append(f"ensemble output '{out.name}' is declared "
+                            f"{mc.DataType.Name(out.data_type)} but its step makes "
+                            f"{mc.DataType.Name(tensors[out.name])}")
+    if problems:
+        raise ConfigError(f"ensemble '{ensemble.name}' is not valid:\n- " + "\n- ".join(problems))
+
+
 def add_instance_groups(cfg: mc.ModelConfig, groups: list[dict]) -> None:
     """Append instance groups given as dicts: count, kind ('KIND_CPU'/'KIND_GPU'), gpus."""
     for spec in groups:
@@ -184,7 +260,11 @@ def diff(old: mc.ModelConfig | None, new: mc.ModelConfig) -> str:
 
 def course_configs() -> dict[str, mc.ModelConfig]:
     """The configs committed in model_repository/, keyed by model name."""
-    return {"food_classifier": classifier_config()}
+    configs = {"food_classifier": classifier_config(),
+               "conditional_captioning": captioning_config(),
+               "food_captioning": ensemble_config()}
+    check_ensemble(configs["food_captioning"], configs)
+    return configs
 
 
 def write_course_configs(repository: Path | str = settings.MODEL_REPOSITORY) -> list[Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,10 +52,29 @@ def run_course(notebooks: Sequence[Path] | None = None, out_dir: Path | None = N
     """Execute the notebooks in order; prints where the executed copies and figures are."""
     out_dir = out_dir or settings.output_dir()
     notebooks = [Path(p) for p in (notebooks or course_notebooks())]
+    started = time.time()
     done = []
     for path in notebooks:
         began = time.monotonic()
         done.append(run_notebook(Path(path), out_dir, quick=quick))
         print(f"{path.name}: ran in {time.monotonic() - began:.0f} s", flush=True)
+    copied = copy_new_results(out_dir / "results", since=started)
     print(f"\nExecuted notebooks: {out_dir}\nFigures: {out_dir / 'figures'}")
+    if copied:
+        print(f"Results of this run: {out_dir / 'results'} ({copied} files; all runs are kept in "
+              f"{settings.results_dir()})")
     return done
+
+
+def copy_new_results(target: Path, since: float) -> int:
+    """Copy the result files written since `since` (a time.time()) into `target`."""
+    source = settings.results_dir()
+    if not source.is_dir():
+        return 0
+    fresh = [p for p in source.iterdir() if p.suffix in (".csv", ".json")
+             and p.stat().st_mtime >= since]
+    if fresh:
+        target.mkdir(parents=True, exist_ok=True)
+    for path in fresh:
+        shutil.copy2(path, target / path.name)
+    return len(fresh)

@@ -20,22 +20,42 @@ def save(fig, name: str) -> Path:
     return path
 
 
-def show_predictions(images: Sequence[Path | str], predictions: Sequence, title: str = "",
-                     name: str | None = None, columns: int = 3):
-    """Each image with the label and probability Triton returned for it."""
+def image_grid(images: Sequence[Path | str], titles: Sequence[str], title: str = "",
+               name: str | None = None, columns: int = 3, cell: tuple[float, float] = (3.2, 2.9),
+               fontsize: int = 10):
+    """Images in a grid, each under its own title; saved as `name`.png if given."""
     rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(cell[0] * columns, cell[1] * rows),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, path, pred in zip(axes.flat, images, predictions):
+    for ax, path, text in zip(axes.flat, images, titles):
         ax.imshow(Image.open(path).convert("RGB"))
-        ax.set_title(f"{Path(path).stem}\n→ {pred.label} ({pred.probability:.2f})", fontsize=10)
+        ax.set_title(text, fontsize=fontsize)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     if name:
         print(f"Figure saved to {save(fig, name)}")
     return fig
+
+
+def show_predictions(images: Sequence[Path | str], predictions: Sequence, title: str = "",
+                     name: str | None = None, columns: int = 3):
+    """Each image with the label and probability Triton returned for it."""
+    titles = [f"{Path(p).stem}\n→ {pred.label} ({pred.probability:.2f})"
+              for p, pred in zip(images, predictions)]
+    return image_grid(images, titles, title, name, columns)
+
+
+def show_captions(images: Sequence[Path | str], answers: Sequence, title: str = "",
+                  name: str | None = None, columns: int = 3):
+    """Each image with its label, probability and caption from the ensemble."""
+    import textwrap
+
+    titles = [f"{a.label} ({a.probability:.2f})\n" + "\n".join(textwrap.wrap(a.caption, 38)[:4])
+              for a in answers]
+    return image_grid(images, titles, title, name, columns, cell=(4, 4), fontsize=9)
 
 
 # --- performance figures (seaborn) ------------------------------------------------------------
@@ -85,12 +105,14 @@ def latency(df, name: str | None = None, title: str = "Latency percentiles again
     return _finish(fig, name)
 
 
-def breakdown(df, name: str | None = None, title: str = "Where a request's time goes"):
-    """Stacked bars per variant and concurrency: queue, compute input, infer, output, client."""
+def breakdown(df, name: str | None = None, title: str = "Where a request's time goes",
+              by: str = "variant", client_side: bool = True):
+    """Stacked bars per `by` (variant, or an ensemble's step) and concurrency: queue, compute
+    input, infer, output and, with `client_side`, the client and network parts."""
     from .perf import BREAKDOWN, CLIENT_SIDE
 
-    parts = BREAKDOWN + [c for c in CLIENT_SIDE if c in df.columns]
-    table = df.set_index(["variant", "concurrency"])[parts] / 1000
+    parts = BREAKDOWN + ([c for c in CLIENT_SIDE if c in df.columns] if client_side else [])
+    table = df.set_index([by, "concurrency"])[parts] / 1000
     table.columns = [c.replace("server ", "").replace(" (us)", "") for c in parts]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(table) + 2), 4.2))
     table.plot.bar(stacked=True, ax=ax, width=0.75,

@@ -24,6 +24,9 @@ def save_run(run) -> Path:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(to_json(run))
     os.replace(tmp, path)
+    csv_tmp = path.with_suffix(".csv.tmp")
+    run.df.to_csv(csv_tmp, index=False)  # the tidy table, for spreadsheets and pandas alike
+    os.replace(csv_tmp, path.with_suffix(".csv"))
     return path
 
 

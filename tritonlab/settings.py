@@ -44,6 +44,11 @@ def figures_dir() -> Path:
     return output_dir() / "figures"
 
 
+def api_port() -> int:
+    """Port of the FastAPI endpoint (8080, as on the GPU node)."""
+    return int(os.environ.get("TRITONLAB_API_PORT", 8080))
+
+
 def quick_mode() -> bool:
     """True when the course runs headless for tests or `make lab`: shorter windows, fewer points."""
     return os.environ.get("TRITONLAB_QUICK", "0").lower() in {"1", "true", "yes"}

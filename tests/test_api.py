@@ -1,0 +1,84 @@
+"""The FastAPI endpoint through real HTTP: uvicorn on a free port in front of the real Triton."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from tritonlab import api, captioning
+from tritonlab.models import classifier_module
+
+from .conftest import free_ports
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def endpoint(triton, monkeypatch_module):
+    monkeypatch_module.setenv("TRITONLAB_API_MAX_UPLOAD", "200000")
+    running = api.serve_in_background(port=free_ports(1)[0], triton=triton.http_url)
+    yield running.url
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def post(url: str, name: str, data: bytes, mime: str = "image/jpeg") -> requests.Response:
+    return requests.post(url + "/predict", files={"file": (name, data, mime)}, timeout=120)
+
+
+def test_health_reports_ready(endpoint):
+    resp = requests.get(endpoint + "/health", timeout=10)
+    assert resp.status_code == 200 and resp.json()["model_ready"] is True
+
+
+def test_predict_returns_label_probability_caption(endpoint, images):
+    resp = post(endpoint, images[0].name, images[0].read_bytes())
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["label"] in classifier_module().LABELS
+    assert 0 < body["probability"] <= 1
+    assert body["caption"].startswith(captioning.code().prompt_for(body["label"]))
+
+
+@pytest.mark.parametrize("name,data,status", [
+    ("notes.txt", b"just some text, not a photo", 415),
+    ("empty.jpg", b"", 400),
+    ("half.jpg", None, 415),
+    ("huge.jpg", b"\xff\xd8\xff" + b"\x00" * 300_000, 413),
+])
+def test_bad_uploads_get_a_4xx_with_a_message(endpoint, images, name, data, status):
+    if data is None:
+        whole = images[0].read_bytes()
+        data = whole[: len(whole) // 2]
+    resp = post(endpoint, name, data)
+    assert resp.status_code == status, resp.text
+    detail = resp.json()["detail"]
+    assert isinstance(detail, str) and detail and "Traceback" not in detail
+
+
+def test_missing_file_field_is_a_4xx(endpoint):
+    resp = requests.post(endpoint + "/predict", data={"other": "x"}, timeout=10)
+    assert resp.status_code == 422
+
+
+def test_swagger_page_and_schema(endpoint):
+    assert requests.get(endpoint + "/docs", timeout=10).status_code == 200
+    assert "/predict" in requests.get(endpoint + "/openapi.json", timeout=10).json()["paths"]
+
+
+def test_triton_down_gives_503(images):
+    nowhere = f"127.0.0.1:{free_ports(1)[0]}"
+    running = api.serve_in_background(port=free_ports(1)[0], triton=nowhere)
+    try:
+        health = requests.get(running.url + "/health", timeout=10)
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
+        resp = post(running.url, images[0].name, images[0].read_bytes())
+        assert resp.status_code == 503 and "make serve" in resp.json()["detail"]
+    finally:
+        running.stop()

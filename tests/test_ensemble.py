@@ -1,0 +1,69 @@
+"""The food_captioning ensemble through the real Triton, over HTTP and gRPC."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tritonlab import captioning, configs
+
+pytestmark = pytest.mark.server
+
+
+def ask(triton, protocol: str, payloads: list[bytes]):
+    lib = httpclient if protocol == "http" else grpcclient
+    url = triton.http_url if protocol == "http" else triton.grpc_url
+    client = lib.InferenceServerClient(url)
+    try:
+        inp = lib.InferInput("INPUT_IMAGE", [len(payloads), 1], "BYTES")
+        inp.set_data_from_numpy(np.array(payloads, dtype=object).reshape(-1, 1))
+        result = client.infer("food_captioning", [inp])
+        return [(lb.decode(), float(p), c.decode()) for lb, p, c in zip(
+            result.as_numpy("FOOD_LABEL").reshape(-1), result.as_numpy("PROBABILITY").reshape(-1),
+            result.as_numpy("CAPTION").reshape(-1))]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_several_images_in_one_request(triton, images, reference, protocol):
+    answers = ask(triton, protocol, [p.read_bytes() for p in images[:4]])
+    want = reference.classify([p.read_bytes() for p in images[:4]])
+    assert len(answers) == 4
+    for (label, prob, caption), (want_label, want_prob) in zip(answers, want):
+        assert label == want_label and prob == pytest.approx(want_prob, abs=1e-4)
+        assert caption.startswith(captioning.code().prompt_for(label))
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_corrupt_image_fails_its_request_only(triton, images, protocol):
+    with pytest.raises(InferenceServerException) as err:
+        ask(triton, protocol, [images[0].read_bytes(), b"\xff\xd8\xff\xe0 corrupt"])
+    assert "INPUT_IMAGE element 1" in str(err.value)
+    assert len(ask(triton, protocol, [images[1].read_bytes()])) == 1
+    assert triton.is_ready()
+
+
+def test_committed_ensemble_is_consistent():
+    cfgs = configs.course_configs()
+    configs.check_ensemble(cfgs["food_captioning"], cfgs)
+    broken = configs.ensemble_config(max_batch_size=32)
+    with pytest.raises(configs.ConfigError, match="exceeds"):
+        configs.check_ensemble(broken, cfgs)
+    mismatched = configs.captioning_config()
+    mismatched.input[1].data_type = configs.mc.TYPE_FP32
+    with pytest.raises(configs.ConfigError, match="expects TYPE_FP32"):
+        configs.check_ensemble(cfgs["food_captioning"],
+                               dict(cfgs, conditional_captioning=mismatched))
+
+
+def test_dynamic_batching_on_the_captioning_step(triton, images):
+    cfg = configs.captioning_config(dynamic_batching={"max_queue_delay_microseconds": 20000})
+    try:
+        triton.reload_model("conditional_captioning", config=cfg)
+        assert len(ask(triton, "grpc", [p.read_bytes() for p in images[:2]])) == 2
+    finally:
+        triton.reload_model("conditional_captioning")

@@ -1,0 +1,201 @@
+"""The course's HTTP API: upload a food photo, get its label, probability and caption.
+
+FastAPI in front of Triton's `food_captioning` ensemble. Swagger UI at /docs. Run it with
+`make api` (127.0.0.1:8080); it finds Triton at TRITON_URL (host:port of Triton's HTTP
+endpoint, default 127.0.0.1:8000).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import requests
+from fastapi import FastAPI, File, HTTPException, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+MODEL = "food_captioning"
+MAX_UPLOAD_BYTES = int(os.environ.get("TRITONLAB_API_MAX_UPLOAD", 10 * 1024 * 1024))
+
+
+def triton_url() -> str:
+    return os.environ.get("TRITON_URL", "127.0.0.1:8000")
+
+
+class Prediction(BaseModel):
+    """What /predict answers for one image."""
+
+    label: str = Field(description="Food-11 class of the image")
+    probability: float = Field(description="softmax probability of that class, in (0, 1]")
+    caption: str = Field(description="BLIP's caption, continuing 'a photo of <label>,'")
+    model: str = Field(description="the Triton model that answered")
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class TritonUnavailable(RuntimeError):
+    pass
+
+
+def _image_code():
+    from .models import classifier_module
+
+    return classifier_module()
+
+
+def check_image(data: bytes) -> None:
+    """Refuse what the served models would refuse, before it travels to Triton."""
+    code = _image_code()
+    try:
+        code.open_image(code.to_image_bytes(data), min_side=1)
+    except code.BadImage as exc:
+        raise HTTPException(415, f"The upload is not a usable image: {exc}. "
+                                 "Send a JPEG, PNG, GIF, BMP, TIFF or WebP file.") from None
+
+
+def infer(url: str, data: bytes, model: str = MODEL) -> Prediction:
+    """One image through the ensemble; Triton's own refusal becomes a 422."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        client = httpclient.InferenceServerClient(url, connection_timeout=5, network_timeout=120)
+    except Exception as exc:
+        raise TritonUnavailable(str(exc)) from None
+    try:
+        inp = httpclient.InferInput("INPUT_IMAGE", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[data]], dtype=object))
+        result = client.infer(model, [inp])
+    except InferenceServerException as exc:
+        status = str(exc.status() or "")
+        if status.startswith("4") and "unknown model" not in exc.message().lower():
+            raise HTTPException(422, f"Triton could not process the image: {exc.message()}"
+                                ) from None
+        raise TritonUnavailable(exc.message()) from None
+    except (OSError, ConnectionError) as exc:
+        raise TritonUnavailable(str(exc) or type(exc).__name__) from None
+    finally:
+        client.close()
+    label = result.as_numpy("FOOD_LABEL").reshape(-1)[0]
+    caption = result.as_numpy("CAPTION").reshape(-1)[0]
+    return Prediction(label=label.decode() if isinstance(label, bytes) else str(label),
+                      probability=float(result.as_numpy("PROBABILITY").reshape(-1)[0]),
+                      caption=caption.decode() if isinstance(caption, bytes) else str(caption),
+                      model=model)
+
+
+def triton_health(url: str, model: str = MODEL) -> dict:
+    """Triton's readiness and the model's, as /health reports them."""
+    base = f"http://{url}"
+    state = {"triton_url": url, "model": model, "live": False, "ready": False,
+             "model_ready": False}
+    try:
+        state["live"] = requests.get(f"{base}/v2/health/live", timeout=3).status_code == 200
+        state["ready"] = requests.get(f"{base}/v2/health/ready", timeout=3).status_code == 200
+        state["model_ready"] = requests.get(f"{base}/v2/models/{model}/ready",
+                                            timeout=3).status_code == 200
+    except requests.RequestException as exc:
+        state["error"] = f"Triton is not reachable: {type(exc).__name__}"
+    return state
+
+
+def create_app(url: str | None = None, model: str = MODEL) -> FastAPI:
+    """The FastAPI app; `url` defaults to TRITON_URL, read at each request."""
+    app = FastAPI(title="Food-11 captioning",
+                  description="Upload a food photo: Triton's `food_captioning` ensemble "
+                              "classifies it (Food-11) and captions it, conditioned on the label.",
+                  version="1.0")
+
+    def target() -> str:
+        return url or triton_url()
+
+    @app.get("/health", responses={503: {"description": "Triton or the model is not ready"}})
+    def health():
+        state = triton_health(target(), model)
+        ok = state["ready"] and state["model_ready"]
+        return JSONResponse(dict(state, status="ok" if ok else "unavailable"),
+                            status_code=200 if ok else 503)
+
+    @app.post("/predict", response_model=Prediction,
+              responses={400: {"model": Problem}, 413: {"model": Problem},
+                         415: {"model": Problem}, 422: {"model": Problem},
+                         503: {"model": Problem}})
+    async def predict(file: UploadFile = File(..., description="a JPEG or PNG photo of food")):
+        data = await file.read(MAX_UPLOAD_BYTES + 1)
+        if not data:
+            raise HTTPException(400, "The upload is empty: send an image file in the field "
+                                     "'file'.")
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise HTTPException(413, f"The upload is larger than {MAX_UPLOAD_BYTES} bytes.")
+        await run_in_threadpool(check_image, data)
+        try:
+            return await run_in_threadpool(infer, target(), data, model)
+        except TritonUnavailable as exc:
+            raise HTTPException(503, f"Triton at {target()} is not available or not ready "
+                                     f"({exc}); start it (`make serve`) and try again.") from None
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, exc):  # never a stack trace to the client
+        return JSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    return app
+
+
+app = create_app()
+
+
+# --- running it beside a notebook ---------------------------------------------------------------
+
+@dataclass
+class RunningAPI:
+    """A uvicorn process serving the API; stop() ends it."""
+
+    process: subprocess.Popen
+    url: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def serve_in_background(port: int = 8080, host: str = "127.0.0.1",
+                        triton: str | None = None, timeout: float = 60) -> RunningAPI:
+    """Start `uvicorn tritonlab.api:app` and wait until it answers; it dies with this process."""
+    from .server import _set_parent_death_signal, port_owner
+
+    owner = port_owner(port)
+    if owner:
+        raise RuntimeError(f"Port {port} is already in use by {owner}: stop it or pick another "
+                           "port.")
+    env = dict(os.environ)
+    if triton:
+        env["TRITON_URL"] = triton
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "tritonlab.api:app", "--host", host,
+                             "--port", str(port), "--log-level", "warning"], env=env,
+                            preexec_fn=_set_parent_death_signal)
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the API exited with code {proc.returncode}; see its output above")
+        try:
+            requests.get(url + "/openapi.json", timeout=1)
+            return RunningAPI(proc, url)
+        except requests.RequestException:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"the API did not answer on {url} within {timeout:.0f} s")
