@@ -46,8 +46,10 @@ COURSE_MODELS = ("food_classifier", "conditional_captioning", "food_captioning")
 def make_repository(root: Path, names: tuple[str, ...] = COURSE_MODELS) -> Path:
     """A private model repository with copies of the course's models (tests may rewrite it)."""
     for name in names:
+        # generated files that a notebook makes (the ONNX export) are left out on purpose
         shutil.copytree(settings.MODEL_REPOSITORY / name, root / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+                        ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "*.onnx.json",
+                                                      ".blip-*"))
     return root
 
 

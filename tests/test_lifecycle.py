@@ -139,21 +139,25 @@ def test_serve_stop_and_replacing_a_left_over_server(tmp_path, repository):
                               capture_output=True, text=True, timeout=300)
 
     served = cli("serve")
-    assert served.returncode == 0, served.stdout + served.stderr
-    assert f"http://127.0.0.1:{http}" in served.stdout
-    assert requests.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=5).status_code == 200
-    left_over = [p for p in tritonservers_in(tmp_path) if p.name() == "tritonserver"]
-    assert len(left_over) == 1
+    try:
+        assert served.returncode == 0, served.stdout + served.stderr
+        assert f"http://127.0.0.1:{http}" in served.stdout
+        assert requests.get(f"http://127.0.0.1:{http}/v2/health/ready",
+                            timeout=5).status_code == 200
+        left_over = [p for p in tritonservers_in(tmp_path) if p.name() == "tritonserver"]
+        assert len(left_over) == 1
 
-    # a new session (a restarted kernel) starting Triton stops the one left running
-    server = LocalTriton(ports=Ports(http, grpc, metrics), state_dir=tmp_path, quiet=True)
-    server.start()
-    assert not left_over[0].is_running()
-    server.stop()
-    assert not tritonservers_in(tmp_path)
+        # a new session (a restarted kernel) starting Triton stops the one left running
+        server = LocalTriton(ports=Ports(http, grpc, metrics), state_dir=tmp_path, quiet=True)
+        server.start()
+        assert not left_over[0].is_running()
+        server.stop()
+        assert not tritonservers_in(tmp_path)
 
-    assert cli("serve").returncode == 0
-    stopped = cli("stop")
-    assert stopped.returncode == 0 and "Stopped Triton" in stopped.stdout
-    assert not tritonservers_in(tmp_path)
-    assert "No Triton was running" in cli("stop").stdout
+        assert cli("serve").returncode == 0
+        stopped = cli("stop")
+        assert stopped.returncode == 0 and "Stopped Triton" in stopped.stdout
+        assert not tritonservers_in(tmp_path)
+        assert "No Triton was running" in cli("stop").stdout
+    finally:
+        cli("stop")  # never leave a server behind, even when an assertion failed

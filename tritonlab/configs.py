@@ -237,11 +237,11 @@ def read_config(path: Path | str) -> mc.ModelConfig:
     return text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
-def write_config(cfg: mc.ModelConfig, repository: Path | str = settings.MODEL_REPOSITORY,
+def write_config(cfg: mc.ModelConfig, repository: Path | str | None = None,
                  source: str = "tritonlab.configs", regenerate: str = "make configs",
                  gpu_count: int | None = None) -> Path:
     """Validate `cfg`, write `<repository>/<name>/config.pbtxt` atomically; returns its path."""
-    folder = Path(repository) / cfg.name
+    folder = Path(repository or settings.model_repository()) / cfg.name
     validate(cfg, folder=folder, gpu_count=gpu_count)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.pbtxt"
@@ -267,7 +267,7 @@ def course_configs() -> dict[str, mc.ModelConfig]:
     return configs
 
 
-def write_course_configs(repository: Path | str = settings.MODEL_REPOSITORY) -> list[Path]:
+def write_course_configs(repository: Path | str | None = None) -> list[Path]:
     """Regenerate every committed config.pbtxt (`make configs`)."""
     return [write_config(cfg, repository, source=f"tritonlab.configs.course_configs()['{name}']")
             for name, cfg in course_configs().items()]

@@ -12,7 +12,7 @@ from . import settings
 
 def model_dir(name: str, version: int = 1, repository: Path | None = None) -> Path:
     """The version folder Triton loads for `name`: `model_repository/<name>/<version>/`."""
-    return Path(repository or settings.MODEL_REPOSITORY) / name / str(version)
+    return Path(repository or settings.model_repository()) / name / str(version)
 
 
 def load_model_module(name: str, version: int = 1, repository: Path | None = None) -> ModuleType:
@@ -37,7 +37,7 @@ def classifier_module() -> ModuleType:
 
 def repository_tree(repository: Path | None = None) -> str:
     """The model repository as an indented file list, the way Triton sees it."""
-    root = Path(repository or settings.MODEL_REPOSITORY)
+    root = Path(repository or settings.model_repository())
     lines = [f"{root.name}/"]
 
     def walk(folder: Path, depth: int) -> None:

@@ -255,7 +255,8 @@ def describe_run(server, model: str, variant: str, opts: PerfSettings, commands:
     base = f"http://{server.http_url}"
     try:
         version = requests.get(base + "/v2", timeout=5).json().get("version")
-        config = requests.get(f"{base}/v2/models/{model}/config", timeout=5).json()
+        config = requests.get(f"{base}/v2/models/{model}/config", headers=server.api_headers,
+                              timeout=5).json()
     except (requests.RequestException, ValueError):
         version, config = None, None
     return {

@@ -519,10 +519,26 @@ def _kill_tree(pid: int, timeout: float) -> None:
     psutil.wait_procs(alive + alive_children, timeout=5)
 
 
+def choose_mode() -> tuple[str, str]:
+    """Which Triton this machine uses, and why: TRITONLAB_MODE forces 'embedded' or 'docker'.
+
+    The Jupyter container on the GPU node sets TRITONLAB_MODE=docker (see compose.yaml);
+    everywhere else the embedded server is the default.
+    """
+    forced = os.environ.get("TRITONLAB_MODE", "").strip().lower()
+    if forced in ("embedded", "docker"):
+        return forced, f"TRITONLAB_MODE={forced}"
+    if forced:
+        raise ServerError(f"TRITONLAB_MODE={forced!r}: use 'embedded' or 'docker'.")
+    return "embedded", "the default off the GPU node; TRITONLAB_MODE=docker selects Docker"
+
+
 def get_server(**kwargs) -> TritonServer:
-    """The server for this machine: the embedded one here; TRITONLAB_MODE forces a mode."""
-    mode = os.environ.get("TRITONLAB_MODE", "embedded").lower()
-    if mode == "embedded":
-        return LocalTriton(**kwargs)
-    raise ServerError(f"TRITONLAB_MODE={mode!r} is not available in this version of the course; "
-                      "use TRITONLAB_MODE=embedded.")
+    """The Triton for this machine (embedded here, Docker on the GPU node); says which and why."""
+    mode, why = choose_mode()
+    print(f"Triton mode: {mode} ({why})")
+    if mode == "docker":
+        from .docker_server import DockerTriton
+
+        return DockerTriton(**kwargs)
+    return LocalTriton(**kwargs)

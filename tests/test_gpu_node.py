@@ -1,0 +1,216 @@
+"""The GPU-node path up to its boundary: python-chi calls, Docker commands, Dockerfiles, compose.
+
+No Chameleon, Docker engine or GPU can be reached here, so each test checks what those would
+receive against the installed library or the files it names.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import re
+import subprocess
+
+import pytest
+import requests
+import yaml
+
+from tritonlab import settings
+from tritonlab.docker_server import KEY_HEADER, DockerTriton, restriction_flags
+from tritonlab.server import LocalTriton, choose_mode, get_server
+from tritonlab.settings import Ports
+
+from .conftest import free_ports
+
+NOTEBOOK_00 = settings.NOTEBOOKS / "00_gpu_node.ipynb"
+
+
+def notebook_code(path) -> str:
+    cells = json.loads(path.read_text())["cells"]
+    return "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+
+
+def test_every_python_chi_call_in_notebook_00_exists():
+    """Module functions, classes and methods, with their keyword arguments, as installed."""
+    chi = pytest.importorskip("chi")
+    from chi import context, hardware, lease, server
+
+    modules = {"context": context, "hardware": hardware, "lease": lease, "server": server}
+    tree = ast.parse(notebook_code(NOTEBOOK_00))
+    # what each variable holds, for method calls: my_lease = lease.Lease(...) etc.
+    makers = {("lease", "Lease"): lease.Lease, ("lease", "get_lease"): lease.Lease,
+              ("server", "Server"): server.Server, ("server", "get_server"): server.Server}
+    types: dict[str, type] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+                made = makers.get((func.value.id, func.attr))
+                if made is None and func.value.id in types:  # node = node.submit(...)
+                    made = types[func.value.id] if func.attr == "submit" else None
+                for target in node.targets:
+                    if isinstance(target, ast.Name) and made is not None:
+                        types[target.id] = made
+    checked = 0
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        owner = node.func.value
+        target = None
+        if isinstance(owner, ast.Name) and owner.id in modules:
+            target = getattr(modules[owner.id], node.func.attr, None)
+            assert target is not None, f"chi.{owner.id} has no {node.func.attr}"
+        elif isinstance(owner, ast.Name) and owner.id in types:
+            target = getattr(types[owner.id], node.func.attr, None)
+            assert target is not None, f"{types[owner.id].__name__} has no {node.func.attr}"
+        elif isinstance(owner, ast.Call) and isinstance(owner.func, ast.Attribute) and \
+                isinstance(owner.func.value, ast.Name) and \
+                (owner.func.value.id, owner.func.attr) in makers:
+            made = makers[(owner.func.value.id, owner.func.attr)]
+            target = getattr(made, node.func.attr, None)
+            assert target is not None, f"{made.__name__} has no {node.func.attr}"
+        if target is None:
+            continue
+        params = inspect.signature(target).parameters
+        takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        for kw in node.keywords:
+            assert kw.arg in params or takes_any, \
+                f"{node.func.attr}() takes no argument {kw.arg!r} in python-chi {chi.__name__}"
+        checked += 1
+    assert checked >= 12, f"only {checked} python-chi calls found"
+
+
+def test_notebook_00_says_where_each_step_runs_and_deletes_last():
+    cells = json.loads(NOTEBOOK_00.read_text())["cells"]
+    headings = [c for c in cells if c["cell_type"] == "markdown" and
+                "".join(c["source"]).startswith("#")]
+    for cell in headings[1:]:
+        assert "*(" in "".join(cell["source"]), "a section does not say where it runs"
+    code = notebook_code(NOTEBOOK_00)
+    assert code.rfind(".delete()") > code.rfind("gpu_node_setup.sh")
+    assert "DELETE = False" in code
+
+
+def test_node_setup_script_is_valid_bash_with_each_step():
+    script = settings.ROOT / "tritonlab" / "gpu_node_setup.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    for step in re.findall(r"gpu_node_setup\.sh (\w+)", notebook_code(NOTEBOOK_00)):
+        assert f"\n{step}() {{" in text, f"notebook 00 runs a step the script lacks: {step}"
+
+
+def test_docker_run_command(tmp_path):
+    triton = DockerTriton(model_repository=tmp_path, host_repository="/home/cc/tritonlab/models",
+                          host="triton", key="k3y")
+    cmd = triton.run_command(["*"])
+    assert cmd[:4] == ["docker", "run", "-d", "--name"]
+    assert cmd[cmd.index("--gpus") + 1] == "all"
+    assert cmd[cmd.index("--network") + 1] == "tritonlab"
+    published = [cmd[i + 1] for i, c in enumerate(cmd) if c == "-p"]
+    assert published == ["127.0.0.1:8000:8000", "127.0.0.1:8001:8001", "127.0.0.1:8002:8002"]
+    assert cmd[cmd.index("-v") + 1] == "/home/cc/tritonlab/models:/models"
+    image_at = cmd.index("tritonlab-triton")
+    server_args = cmd[image_at + 1:]
+    assert server_args[:3] == ["tritonserver", "--model-repository=/models",
+                               "--model-control-mode=explicit"]
+    assert "--load-model=*" in server_args
+    assert f"--http-restricted-api=model-repository,model-config:{KEY_HEADER}=k3y" in server_args
+    assert triton.http_url == "triton:8000" and triton.api_headers == {KEY_HEADER: "k3y"}
+    assert triton.stop_command(10) == ["docker", "stop", "-t", "10", "triton"]
+    assert triton.remove_command() == ["docker", "rm", "-f", "triton"]
+
+
+def test_docker_flags_exist_in_this_tritonserver():
+    """The flags the container gets are flags of server 2.51 (the same binary as NGC 24.10)."""
+    server = LocalTriton()
+    out = subprocess.run([str(server.binary()), "--help"], capture_output=True, text=True,
+                         env=server._environment())
+    usage = out.stdout + out.stderr
+    cmd = DockerTriton(key="k").run_command(["*"])
+    for arg in cmd[cmd.index("tritonserver") + 1:]:
+        assert arg.split("=")[0] in usage, arg
+
+
+DOCKER_INSTRUCTIONS = {"FROM", "RUN", "COPY", "ADD", "WORKDIR", "ENV", "EXPOSE", "CMD", "VOLUME",
+                       "ARG", "LABEL", "ENTRYPOINT", "USER", "SHELL"}
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(instruction, whole logical line) pairs, continuation lines joined."""
+    logical, current = [], ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        current += " " + line.rstrip("\\").strip()
+        if not line.endswith("\\"):
+            logical.append(current.strip())
+            current = ""
+    return [(ln.split()[0], ln) for ln in logical]
+
+
+def test_dockerfiles_parse_and_copy_what_exists():
+    for name in ("Dockerfile.triton", "Dockerfile.jupyter"):
+        instructions = dockerfile_instructions((settings.ROOT / name).read_text())
+        assert instructions[0][0] == "FROM", name
+        for word, line in instructions:
+            assert word in DOCKER_INSTRUCTIONS, f"{name}: not an instruction: {line[:60]}"
+            if word == "COPY":
+                for src in line.split()[1:-1]:
+                    assert (settings.ROOT / src).exists(), f"{name} copies missing {src}"
+    triton = (settings.ROOT / "Dockerfile.triton").read_text()
+    assert "FROM nvcr.io/nvidia/tritonserver:24.10-py3" in triton
+    assert "whl/cu126" in triton  # P100 (sm_60) kernels
+    assert "COPY model_repository" not in triton  # mounted, never copied
+
+
+def test_compose_publishes_on_loopback_and_gives_gpus_to_triton():
+    compose = yaml.safe_load((settings.ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+    devices = services["triton"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert "./model_repository:/models" in services["triton"]["volumes"]
+    assert any("restricted-api" in arg for arg in services["triton"]["command"])
+    jupyter = services["jupyter"]
+    assert "/var/run/docker.sock:/var/run/docker.sock" in jupyter["volumes"]
+    assert jupyter["environment"]["TRITONLAB_MODE"] == "docker"
+    assert jupyter["environment"]["TRITON_URL"] == "triton:8000"
+
+
+def test_mode_detection(monkeypatch):
+    monkeypatch.delenv("TRITONLAB_MODE", raising=False)
+    assert choose_mode()[0] == "embedded"
+    assert isinstance(get_server(), LocalTriton)
+    monkeypatch.setenv("TRITONLAB_MODE", "docker")
+    assert isinstance(get_server(key="k"), DockerTriton)
+    monkeypatch.setenv("TRITONLAB_MODE", "kubernetes")
+    with pytest.raises(Exception, match="use 'embedded' or 'docker'"):
+        choose_mode()
+
+
+@pytest.mark.server
+def test_restricted_model_control_refuses_a_load_without_the_key(tmp_path, repository):
+    """The same restriction flags as the container, on the real server."""
+    key = "course-key"
+    server = LocalTriton(repository, ports=Ports(*free_ports()), state_dir=tmp_path, quiet=True,
+                         extra_args=restriction_flags(key))
+    server.api_headers = {KEY_HEADER: key}
+    try:
+        server.start(models=["food_classifier"])
+        base = f"http://{server.http_url}/v2/repository/models/food_classifier/load"
+        refused = requests.post(base, json={}, timeout=30)
+        assert refused.status_code == 403, refused.text
+        config = requests.get(f"http://{server.http_url}/v2/models/food_classifier/config",
+                              timeout=10)
+        assert config.status_code == 403
+        assert requests.post(base, json={}, headers={KEY_HEADER: key}, timeout=60).status_code \
+            == 200
+        assert server.reload_model("food_classifier") >= 0  # the package sends the key itself
+        infer_ok = requests.get(f"http://{server.http_url}/v2/health/ready", timeout=5)
+        assert infer_ok.status_code == 200  # health and inference stay open
+    finally:
+        server.stop()
