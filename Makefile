@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help system-deps install assets weights configs lab lab-full test serve stop status logs \
-        api jupyter lint clean
+        api bench jupyter lint clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ lab-full: install  ## the same with full measurement windows
 test: $(STAMP)  ## run the tests (never touches the network: stand-in weights if none are present)
 	$(BIN)/python -m tritonlab prepare --source stand-in
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install  ## speed and memory figures against the targets (prints a table, saves data/results/bench/)
+	$(BIN)/python -m tritonlab bench
 
 serve: install  ## start Triton in the background on 127.0.0.1 (8000 HTTP, 8001 gRPC, 8002 metrics)
 	$(BIN)/python -m tritonlab serve

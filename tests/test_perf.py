@@ -158,3 +158,20 @@ def test_invalid_config_is_refused_before_anything_is_written(triton):
     with pytest.raises(configs.ConfigError, match="outside 1..max_batch_size"):
         deploy.deploy(triton, cfg)
     assert path.read_text() == before
+
+
+def test_bench_verdicts_compare_against_the_targets():
+    from tritonlab import bench
+
+    figures = {"baseline_c8": {"throughput": 30.0, "p95_ms": 300.0},
+               "fastest_c8": {"throughput": 95.0, "p95_ms": 120.0},
+               "in_process": {"throughput": 100.0}, "reload_s": 6.0, "restart_s": 12.0,
+               "ensemble_c4": {"throughput": 10.0}, "ensemble_batched_c4": {"throughput": 19.0},
+               "ensemble_overhead_ms": {"ensemble_ms": 140.0, "two_calls_ms": 125.0},
+               "memory_all_models_mib": 1400.0, "memory_per_extra_instance_mib": 900.0}
+    met = {row["figure"]: row["met"] for row in bench.verdicts(figures)}
+    assert met["fastest vs baseline throughput at c=8"] is True       # 3.17x
+    assert met["fastest vs baseline p95 at c=8"] is True
+    assert met["served / in-process throughput (fastest)"] is True     # 95%
+    assert met["reload with changed config (median)"] is False        # 6 s > 5 s
+    assert met["full restart"] is None                                 # reported only

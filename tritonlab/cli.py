@@ -103,6 +103,13 @@ def _lab(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from . import bench
+
+    bench.run(repeats=args.repeats, window_ms=args.window_ms)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tritonlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,5 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("notebooks", nargs="*", help=f"default: every notebook in {settings.NOTEBOOKS}")
     p.add_argument("--full", action="store_true", help="full measurement windows, not quick mode")
     p.set_defaults(func=_lab)
+    p = sub.add_parser("bench", help="speed and memory figures against the course's targets")
+    p.add_argument("--repeats", type=int, default=3, help="runs per figure (median reported)")
+    p.add_argument("--window-ms", type=int, default=3000, help="perf_analyzer window")
+    p.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +35,12 @@ def run_notebook(path: Path, out_dir: Path, quick: bool = True, cell_timeout: in
     env = dict(os.environ, TRITONLAB_QUICK="1" if quick else "0", TRITONLAB_OUTPUT_DIR=str(out_dir))
     code_cells = sum(c.cell_type == "code" for c in nb.cells)
     bar = tqdm(total=code_cells, desc=path.stem, unit="cell", leave=True)
-    client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3",
+    from jupyter_client import KernelManager
+
+    # IPC sockets in a private folder: the kernel talks to this process only, not over TCP.
+    sockets = Path(tempfile.mkdtemp(prefix="tritonlab-kernel-"))
+    kernel = KernelManager(kernel_name="python3", transport="ipc", ip=str(sockets / "kernel"))
+    client = NotebookClient(nb, km=kernel, timeout=cell_timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}},
                             on_cell_executed=lambda **kw: bar.update(1))
     try:
@@ -44,6 +50,9 @@ def run_notebook(path: Path, out_dir: Path, quick: bool = True, cell_timeout: in
     finally:
         bar.close()
         nbformat.write(nb, out_path)
+        if kernel.has_kernel:
+            kernel.shutdown_kernel(now=True)
+        shutil.rmtree(sockets, ignore_errors=True)
     return out_path
 
 
