@@ -113,23 +113,13 @@ class Captioner:
         return captions
 
 
-def _client_error(message: str):
-    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-    if code is None:
-        return pb_utils.TritonError(message)
-    return pb_utils.TritonError(message, code)
-
-
 class TritonPythonModel:
     """Triton's entry point: one object per model instance."""
 
     def initialize(self, args):
         image_code.exit_with_server()
-        config = json.loads(args["model_config"])
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        device = "cpu"
-        if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available():
-            device = f"cuda:{int(args.get('model_instance_device_id', 0))}"
+        params = image_code.config_parameters(args)
+        device = image_code.instance_device(args)
         self.captioner = Captioner(HERE, device=device,
                                    num_threads=int(params.get("num_threads", "0") or 0),
                                    max_new_tokens=int(params.get("max_new_tokens", "20") or 20),
@@ -161,7 +151,7 @@ class TritonPythonModel:
                     except BadImage as exc:
                         raise BadImage(f"INPUT_IMAGE element {k}: {exc}") from None
             except BadImage as exc:
-                responses[i] = pb_utils.InferenceResponse(error=_client_error(str(exc)))
+                responses[i] = pb_utils.InferenceResponse(error=image_code.client_error(str(exc)))
                 continue
             owners.append((i, len(images), len(decoded)))
             images.extend(decoded)

@@ -279,7 +279,7 @@ def exit_with_server() -> None:
     threading.Thread(target=watch, name="exit-with-server", daemon=True).start()
 
 
-def _client_error(message: str):
+def client_error(message: str):
     """An error for one request, as the client's fault (HTTP 400, gRPC INVALID_ARGUMENT)."""
     code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
     if code is None:  # older Python backends have no error codes
@@ -287,18 +287,31 @@ def _client_error(message: str):
     return pb_utils.TritonError(message, code)
 
 
+def instance_device(args) -> str:
+    """The device Triton gave this instance: 'cuda:<id>' for a KIND_GPU instance, else 'cpu'.
+
+    Without reading `model_instance_device_id`, every GPU instance would land on GPU 0.
+    """
+    if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available():
+        return f"cuda:{int(args.get('model_instance_device_id', 0))}"
+    return "cpu"
+
+
+def config_parameters(args) -> dict:
+    """The `parameters` of config.pbtxt as a plain {key: string} dict."""
+    config = json.loads(args["model_config"])
+    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+
+
 class TritonPythonModel:
     """Triton's entry point: one object per model instance."""
 
     def initialize(self, args):
         exit_with_server()
-        config = json.loads(args["model_config"])
-        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        params = config_parameters(args)
         num_threads = int(params.get("num_threads", "0") or 0)
         runtime = params.get("runtime", "torch") or "torch"
-        device = "cpu"
-        if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available():
-            device = f"cuda:{int(args.get('model_instance_device_id', 0))}"
+        device = instance_device(args)
         folder = os.path.dirname(os.path.abspath(__file__))
         self.model = Food11Classifier(folder, device=device, num_threads=num_threads,
                                       runtime=runtime)
@@ -325,7 +338,7 @@ class TritonPythonModel:
                     except BadImage as exc:
                         raise BadImage(f"INPUT_IMAGE element {k}: {exc}") from None
             except BadImage as exc:
-                responses[i] = pb_utils.InferenceResponse(error=_client_error(str(exc)))
+                responses[i] = pb_utils.InferenceResponse(error=client_error(str(exc)))
                 continue
             owners.append((i, len(images), len(decoded)))
             images.extend(decoded)
