@@ -36,16 +36,32 @@ images() {
   sudo docker compose build
 }
 
+blip() {
+  # BLIP is fetched and saved by the Triton image's own transformers: the version that loads it
+  # (the 24.10 image has Python 3.10, so its transformers differs from the Jupyter image's).
+  if [ -f model_repository/conditional_captioning/1/blip.json ]; then echo "BLIP present"; return; fi
+  sudo docker compose run --rm --no-deps -T triton python3 - <<'PY'
+import datetime, json
+from transformers import BlipForConditionalGeneration, BlipProcessor
+hub, folder = "Salesforce/blip-image-captioning-base", "/models/conditional_captioning/1"
+BlipProcessor.from_pretrained(hub).save_pretrained(f"{folder}/blip")
+BlipForConditionalGeneration.from_pretrained(hub).save_pretrained(f"{folder}/blip")
+meta = {"source": hub, "stand_in": False,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+json.dump(meta, open(f"{folder}/blip.json", "w"), indent=2)
+PY
+}
+
 containers() {
-  # Weights (the trained Food-11 model and BLIP, downloaded once into the mounted repository),
-  # sample data and configs first, so that Triton finds its models when it starts.
+  # Food-11 weights (downloaded once into the mounted repository), sample data and configs
+  # first, so that Triton finds its models when it starts; BLIP is already there (step blip).
   sudo docker compose run --rm --no-deps jupyter python -m tritonlab prepare
   sudo HOST_REPOSITORY="$PWD/model_repository" docker compose up -d
   sudo docker compose ps
 }
 
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(docker_engine nvidia_toolkit gpu_check images containers)
+[ ${#steps[@]} -eq 0 ] && steps=(docker_engine nvidia_toolkit gpu_check images blip containers)
 for step in "${steps[@]}"; do
   echo "=== $step"
   "$step"
