@@ -80,9 +80,10 @@ def test_stale_pid_file_is_ignored_and_removed(tmp_path, repository):
 def test_model_whose_initialize_raises(tmp_path, repository):
     repo = make_repository(tmp_path / "repo")
     broken = repo / "food_classifier" / "1" / "model.py"
-    broken.write_text(broken.read_text().replace(
-        "        config = json.loads(args[\"model_config\"])",
-        "        raise RuntimeError(\"weights are on holiday\")"))
+    code = broken.read_text()
+    line = "        params = config_parameters(args)\n"
+    assert line in code, "initialize() changed: update this test"
+    broken.write_text(code.replace(line, '        raise RuntimeError("weights are on holiday")\n'))
     server = LocalTriton(repo, ports=Ports(*free_ports()), state_dir=tmp_path / "state",
                          quiet=True)
     try:

@@ -171,8 +171,10 @@ class TritonServer(ABC):
             if self.is_live():
                 states = self.model_states()
                 named = {m["name"]: m for m in states}
-                targets = [m for m in states if "*" in wanted and m.get("state")] if "*" in wanted \
-                    else [named.get(n, {"name": n}) for n in wanted]
+                if "*" in wanted:  # every model Triton tried to load
+                    targets = [m for m in states if m.get("state")]
+                else:
+                    targets = [named.get(n, {"name": n}) for n in wanted]
                 failed = [m for m in targets if m.get("state") == "UNAVAILABLE" and m.get("reason")]
                 if failed:
                     m = failed[0]
