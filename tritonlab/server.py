@@ -74,6 +74,7 @@ class TritonServer(ABC):
         self.host = host
         # Headers sent with model-control calls (the Docker setup restricts that API by a key).
         self.api_headers = dict(api_headers or {})
+        self._loaded: list[str] = ["*"]  # the models the last start loaded
 
     # --- addresses ---------------------------------------------------------------------------
     @property
@@ -128,12 +129,10 @@ class TritonServer(ABC):
 
     def restart(self, models: Sequence[str] | None = None, timeout: float = 120.0) -> float:
         """Full restart, as after editing config.pbtxt; returns the seconds until ready again."""
-        models = list(models or getattr(self, "_loaded", None) or ["*"])
+        models = list(models or self._loaded)
         began = time.monotonic()
         self.stop()
-        self._launch(models)
-        self.wait_ready(models, timeout=timeout)
-        self._loaded = models
+        self.start(models, timeout=timeout)
         return time.monotonic() - began
 
     def _get(self, path: str, timeout: float = 2.0) -> requests.Response:
