@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tritonlab import captioning, samples, settings, weights
+from tritonlab import captioning, samples, weights
+from tritonlab.models import copy_repository as make_repository  # noqa: F401 (tests import it)
 from tritonlab.models import load_model_module, model_dir
 from tritonlab.server import LocalTriton
-from tritonlab.settings import Ports
-
-
-def free_ports(count: int = 3) -> list[int]:
-    """Distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from tritonlab.settings import Ports, free_ports  # noqa: F401 (tests import free_ports)
 
 
 def tritonservers_in(state_dir: Path) -> list[psutil.Process]:
@@ -38,19 +23,6 @@ def tritonservers_in(state_dir: Path) -> list[psutil.Process]:
                 and str(state_dir) in cmd and proc.info["status"] != psutil.STATUS_ZOMBIE):
             found.append(proc)
     return found
-
-
-COURSE_MODELS = ("food_classifier", "conditional_captioning", "food_captioning")
-
-
-def make_repository(root: Path, names: tuple[str, ...] = COURSE_MODELS) -> Path:
-    """A private model repository with copies of the course's models (tests may rewrite it)."""
-    for name in names:
-        # generated files that a notebook makes (the ONNX export) are left out on purpose
-        shutil.copytree(settings.MODEL_REPOSITORY / name, root / name,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "*.onnx.json",
-                                                      ".blip-*"))
-    return root
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ import psutil
 
 from . import captioning, clients, configs, devices, perf, samples, settings, weights
 from .deploy import deploy
-from .models import classifier_module
+from .models import classifier_module, copy_repository
 from .server import LocalTriton
 from .settings import Ports
 
@@ -31,18 +31,6 @@ from .settings import Ports
 FASTEST = dict(runtime="onnxruntime", num_threads=0,
                dynamic_batching={"preferred_batch_size": [4, 8],
                                  "max_queue_delay_microseconds": 5000})
-
-
-def _free_ports() -> Ports:
-    import socket
-
-    socks = [socket.socket() for _ in range(3)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return Ports(*ports)
 
 
 def _quietly(fn, *args, **kwargs):
@@ -91,17 +79,14 @@ def in_process(repeats: int, batch: int = 8, batches: int = 12) -> dict:
 def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None) -> dict:
     """Measure every figure; returns (and saves) them with pass/miss against the targets."""
     work = Path(tempfile.mkdtemp(prefix="tritonlab-bench-"))
-    repo = work / "model_repository"
-    for name in ("food_classifier", "conditional_captioning", "food_captioning"):
-        shutil.copytree(settings.MODEL_REPOSITORY / name, repo / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+    repo = copy_repository(work / "model_repository")
     os.environ["TRITONLAB_MODEL_REPOSITORY"] = str(repo)
     _quietly(weights.ensure_weights, source=weights.STAND_IN)
     _quietly(captioning.ensure_blip, source=captioning.STAND_IN)
     from . import onnx_export
 
     onnx_export.export_onnx(repo / "food_classifier" / "1")
-    server = LocalTriton(repo, ports=_free_ports(), state_dir=work / "state", quiet=True)
+    server = LocalTriton(repo, ports=Ports.free(), state_dir=work / "state", quiet=True)
     figures: dict = {"machine": devices.machine(), "repeats": repeats, "window_ms": window_ms,
                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      "weights": "stand-in" if weights.current()["stand_in"] else "trained"}

@@ -44,8 +44,8 @@ def deploy(server, cfg: mc.ModelConfig, how: str = "reload", source: str = "a co
     return seconds
 
 
-def restore_baseline(server) -> float:
-    """Put the committed baseline config back (end of each notebook) and reload it."""
-    return deploy(server, configs.course_configs()["food_classifier"], how="reload",
-                  source="tritonlab.configs.course_configs()['food_classifier']",
+def restore_baseline(server, name: str = "food_classifier") -> float:
+    """Put a model's committed config back (end of each notebook) and reload it."""
+    return deploy(server, configs.course_configs()[name], how="reload",
+                  source=f"tritonlab.configs.course_configs()['{name}']",
                   regenerate="make configs")

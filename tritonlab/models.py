@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +29,21 @@ def load_model_module(name: str, version: int = 1, repository: Path | None = Non
     sys.modules[key] = module
     spec.loader.exec_module(module)
     return module
+
+
+COURSE_MODELS = ("food_classifier", "conditional_captioning", "food_captioning")
+
+
+def copy_repository(root: Path, names: tuple[str, ...] = COURSE_MODELS) -> Path:
+    """A private copy of the course's models (tests and `make bench` rewrite configs in it).
+
+    Files a notebook generates (the ONNX export) are left out, so a copy starts as a fresh clone.
+    """
+    for name in names:
+        shutil.copytree(settings.MODEL_REPOSITORY / name, Path(root) / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "*.onnx.json",
+                                                      ".blip-*"))
+    return Path(root)
 
 
 def classifier_module() -> ModuleType:

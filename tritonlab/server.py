@@ -311,6 +311,7 @@ class LocalTriton(TritonServer):
         self.exit_timeout = exit_timeout
         self._proc: subprocess.Popen | None = None
         self._log_handle = None
+        self._exit_hook = False
 
     @property
     def pid_file(self) -> Path:
@@ -456,8 +457,9 @@ class LocalTriton(TritonServer):
             "by_pid": os.getpid(), "attached": self.attach, "ports": vars(self.ports),
             "model_repository": str(self.model_repository), "command": cmd,
         })
-        if self.attach:
-            atexit.register(self._atexit_stop)
+        if self.attach and not self._exit_hook:
+            atexit.register(self._atexit_stop)  # once per object, however often it restarts
+            self._exit_hook = True
 
     def _atexit_stop(self) -> None:
         try:

@@ -54,6 +54,22 @@ def quick_mode() -> bool:
     return os.environ.get("TRITONLAB_QUICK", "0").lower() in {"1", "true", "yes"}
 
 
+def free_ports(count: int = 3) -> list[int]:
+    """Distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
+    import socket
+
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 @dataclass(frozen=True)
 class Ports:
     """The three ports Triton listens on."""
@@ -69,3 +85,8 @@ class Ports:
             grpc=int(os.environ.get("TRITONLAB_GRPC_PORT", 8001)),
             metrics=int(os.environ.get("TRITONLAB_METRICS_PORT", 8002)),
         )
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Three free loopback ports, for a private server (tests, `make bench`)."""
+        return cls(*free_ports(3))
