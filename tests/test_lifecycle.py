@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
@@ -162,3 +163,40 @@ def test_serve_stop_and_replacing_a_left_over_server(tmp_path, repository):
         assert "No Triton was running" in cli("stop").stdout
     finally:
         cli("stop")  # never leave a server behind, even when an assertion failed
+
+
+def test_triton_killed_during_a_perf_run(tmp_path, repository):
+    """The run ends with an error naming what happened (no hang), nothing is left behind, and
+    the same lifecycle object brings Triton back."""
+    from tritonlab import clients, perf, samples
+
+    server = LocalTriton(repository, ports=Ports(*free_ports()), state_dir=tmp_path / "state",
+                         quiet=True)
+    try:
+        server.start(["food_classifier"])
+        pid = server.recorded()["pid"]
+        killer = threading.Timer(6.0, os.kill, (pid, signal.SIGKILL))
+        opts = perf.PerfSettings(concurrency=[4], measurement_ms=4000, max_trials=20)
+        killer.start()
+        began = time.monotonic()
+        with pytest.raises(perf.PerfError) as err:
+            perf.run(server, "food_classifier", "killed mid-run", opts, save=False)
+        elapsed = time.monotonic() - began
+        killer.join()
+        message = str(err.value)
+        assert "Triton went away during the run" in message
+        assert "killed by SIGKILL" in message
+        assert "server.restart()" in message
+        assert elapsed < 120, f"perf run took {elapsed:.0f} s to notice"
+        deadline = time.monotonic() + 15  # model stubs leave within a second of their server
+        while tritonservers_in(tmp_path / "state") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not tritonservers_in(tmp_path / "state")
+
+        server.restart()
+        assert server.is_ready()
+        [pred] = clients.classify(server.http_url, samples.sample_images()[:1])
+        assert 0 < pred.probability <= 1
+    finally:
+        server.stop()
+    assert not tritonservers_in(tmp_path / "state")

@@ -115,3 +115,18 @@ def test_softmax_probabilities(reference, images, classifier_code):
     # batching must not change an image's answer
     one_idx, one_prob = reference.predict(batch[2:3])
     assert one_idx[0] == idx[2] and one_prob[0] == pytest.approx(prob[2], abs=1e-5)
+
+
+def test_normalise_matches_the_torch_preprocessing(classifier_code):
+    """The NumPy path (ONNX Runtime) and the PyTorch path feed the network the same numbers."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(3, 224, 224, 3), dtype=np.uint8)
+    x = classifier_code.normalise(images)
+    assert x.shape == (3, 3, 224, 224) and x.dtype == np.float32 and x.flags.c_contiguous
+    mean = torch.tensor(classifier_code.MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(classifier_code.STD).view(1, 3, 1, 1)
+    expected = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    np.testing.assert_allclose(x, expected.numpy(), atol=2e-6)
+

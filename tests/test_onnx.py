@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -68,3 +72,31 @@ def test_onnxruntime_backend_config_for_the_gpu_node():
     assert 'value: "FP16"' in text
     with pytest.raises(configs.ConfigError, match="no GPU"):
         configs.validate(cfg, gpu_count=0)
+
+
+def test_onnxruntime_path_does_not_import_torch(exported):
+    """The ONNX Runtime variant's model process must not pay for importing PyTorch."""
+    code = textwrap.dedent(f"""
+        import sys
+        from tritonlab.models import load_model_module
+        mod = load_model_module("food_classifier")
+        model = mod.Food11Classifier({str(exported)!r}, runtime="onnxruntime", num_threads=1)
+        idx, prob = model.predict(mod.np.zeros((2, 224, 224, 3), dtype=mod.np.uint8))
+        assert len(idx) == 2 and (prob > 0).all()
+        print("torch" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_stage_times_cover_both_runtimes(exported):
+    from tritonlab import stages
+
+    df = stages.measure(["torch", "onnxruntime"], batch=2, repeats=1, folder=exported)
+    assert list(df["runtime"].unique()) == ["torch", "onnxruntime"]
+    assert (df.groupby("runtime")["stage"].apply(tuple) == stages.STAGES).all()
+    assert (df["ms per image"] > 0).all()
+    text = stages.summary(df)
+    assert text.count("images/s in-process") == 2

@@ -90,3 +90,44 @@ def test_existing_weights_are_kept(tmp_path):
     first = weights.ensure_weights(tmp_path, source="stand-in", quiet=True)
     again = weights.ensure_weights(tmp_path, source="http://127.0.0.1:9/never-fetched", quiet=True)
     assert again == first
+
+
+@pytest.fixture
+def weights_url(tmp_path, classifier_code):
+    """A real HTTP server on loopback serving a whole pickled MobileNetV2, as the course URL."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "www"
+    served.mkdir()
+    torch.save(classifier_code.build_network(), served / "food11.pth")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/food11.pth"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_downloaded_weights_are_pinned_on_first_use(tmp_path, monkeypatch, weights_url, capsys):
+    monkeypatch.setattr(weights.settings, "DATA", tmp_path / "data")
+    meta = weights.ensure_weights(tmp_path / "served", source=weights_url)
+    assert meta["stand_in"] is False and meta["source"] == weights_url
+    cached = tmp_path / "data" / "cache" / "food11.pth"
+    pin = weights.pin_file(cached)
+    assert pin.read_text().split() == [meta["source_sha256"], weights_url]
+    assert "Recorded SHA-256" in capsys.readouterr().out
+
+    # the same file again: accepted
+    assert weights.ensure_weights(tmp_path / "served", source=weights_url, force=True,
+                                  quiet=True)["source_sha256"] == meta["source_sha256"]
+
+    # the downloaded file changed afterwards: refused with the recorded digest, nothing served
+    with open(cached, "r+b") as f:
+        f.seek(-64, 2)
+        f.write(b"\xff" * 8)
+    before = (tmp_path / "served" / "food11.pt").read_bytes()
+    with pytest.raises(weights.WeightsError, match="first download recorded"):
+        weights.ensure_weights(tmp_path / "served", source=weights_url, force=True, quiet=True)
+    assert (tmp_path / "served" / "food11.pt").read_bytes() == before

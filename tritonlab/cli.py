@@ -106,7 +106,7 @@ def _lab(args) -> int:
 def _bench(args) -> int:
     from . import bench
 
-    bench.run(repeats=args.repeats, window_ms=args.window_ms)
+    bench.run(repeats=args.repeats, window_ms=args.window_ms, load_seconds=args.load_seconds)
     return 0
 
 
@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="speed and memory figures against the course's targets")
     p.add_argument("--repeats", type=int, default=3, help="runs per figure (median reported)")
     p.add_argument("--window-ms", type=int, default=3000, help="perf_analyzer window")
+    p.add_argument("--load-seconds", type=int, default=60,
+                   help="length of each load run (concurrency 32 and 8)")
     p.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     return args.func(args)

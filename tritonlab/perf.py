@@ -172,6 +172,22 @@ def explain_failure(output: str, model: str, opts: PerfSettings) -> str:
     return "see perf_analyzer's output above."
 
 
+def _text(data) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+
+
+def _server_state(server) -> str:
+    """Empty while Triton is up; otherwise what happened to it and how to go on."""
+    if server.is_live():
+        return ""
+    lines = [ln for ln in server.logs(lines=200).splitlines()
+             if ln.strip() and not ln.lstrip().startswith(("|", "+"))]  # no settings tables
+    logs = "\n".join(lines[-6:])
+    return (f"Triton went away during the run ({server.exit_description()}). Start it again "
+            "with server.restart() (or `make serve`), then measure again."
+            + (f"\nlast server log lines:\n{logs}" if logs.strip() else ""))
+
+
 def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
@@ -200,9 +216,16 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
             level_opts = opts
             for attempt in (1, 2, 3):
                 cmd = command(url, model, level, csv_path, level_opts, server.metrics_url)
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir,
-                                      timeout=max(120, level_opts.measurement_ms / 1000 *
-                                                  (level_opts.max_trials + 4) * 3))
+                limit = max(120, level_opts.measurement_ms / 1000 * (level_opts.max_trials + 4) * 3)
+                try:
+                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                                          cwd=workdir, timeout=limit)
+                except subprocess.TimeoutExpired as exc:
+                    output = _text(exc.stdout) + _text(exc.stderr)
+                    raise PerfError(f"perf_analyzer did not finish within {limit:.0f} s at "
+                                    f"concurrency {level} for '{model}' and was stopped. "
+                                    f"{_server_state(server)}\ncommand: {' '.join(cmd)}\n"
+                                    f"last lines:\n{_tail(output)}") from None
                 output = proc.stdout + proc.stderr
                 if proc.returncode == 0 and (workdir / csv_path).exists():
                     break
@@ -218,8 +241,9 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
                     level_opts = PerfSettings(**{**asdict(opts), "stability_percent": looser,
                                                  "max_trials": opts.max_trials + 4})
                     continue
+                gone = _server_state(server)
                 raise PerfError(f"perf_analyzer failed at concurrency {level} for '{model}': "
-                                f"{explain_failure(output, model, level_opts)}\n"
+                                + (gone or explain_failure(output, model, level_opts)) + "\n"
                                 f"command: {' '.join(cmd)}\nlast lines:\n{_tail(output)}")
             commands.append(cmd)
             raw[level] = output
@@ -345,3 +369,27 @@ def baseline(server, opts: PerfSettings, variant: str = "baseline") -> pd.DataFr
     print(f"{variant}: no saved run found; measuring it now.")
     deploy.restore_baseline(server)
     return run(server, "food_classifier", variant, opts).df
+
+
+def compare(before: pd.DataFrame, after: pd.DataFrame) -> str:
+    """What changed between two measured variants, level by level, from their own numbers.
+
+    Throughput and p95 latency, and the two server-side parts that explain them: the time a
+    request waited in Triton's queue and the model's compute time it was part of (with dynamic
+    batching, a request's compute time is that of the whole batch it ran in).
+    """
+    b_all, a_all = before.set_index("concurrency"), after.set_index("concurrency")
+    name_b, name_a = before["variant"].iloc[0], after["variant"].iloc[0]
+    lines = [f"{name_a} against {name_b}:"]
+    for level in sorted(set(b_all.index) & set(a_all.index)):
+        b, a = b_all.loc[level], a_all.loc[level]
+        ms = lambda row, col: row[col] / 1000  # noqa: E731
+        lines.append(
+            f"  concurrency {level}: {b[THROUGHPUT]:.1f} -> {a[THROUGHPUT]:.1f} infer/s "
+            f"({a[THROUGHPUT] / b[THROUGHPUT]:.2f}x); p95 {ms(b, P95):.0f} -> {ms(a, P95):.0f} ms; "
+            f"queued {ms(b, 'server queue (us)'):.1f} -> {ms(a, 'server queue (us)'):.1f} ms, "
+            f"model compute {ms(b, 'server compute infer (us)'):.1f} -> "
+            f"{ms(a, 'server compute infer (us)'):.1f} ms per request")
+    if len(lines) == 1:
+        lines.append("  no concurrency level measured in both runs")
+    return "\n".join(lines)

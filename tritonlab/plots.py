@@ -173,3 +173,13 @@ def server_metrics(metrics, name: str | None = None,
     right.set(ylabel="ms per request", title="queue and compute time")
     fig.suptitle(title)
     return _finish(fig, name)
+
+
+def stages(df, name: str | None = None, title: str = "Where an image's time goes (in-process)"):
+    """Stacked horizontal bars: milliseconds per image of each stage, one bar per runtime."""
+    table = df.pivot_table(index="runtime", columns="stage", values="ms per image", sort=False)
+    fig, ax = plt.subplots(figsize=(7, 0.8 * len(table) + 1.6))
+    table.plot.barh(stacked=True, ax=ax, color=["#ff7f0e", "#9467bd", "#1f77b4"])
+    ax.set(xlabel="milliseconds per image", ylabel="", title=title)
+    ax.legend(fontsize=8, loc="lower right")
+    return _finish(fig, name)

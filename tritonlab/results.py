@@ -90,3 +90,35 @@ def winners(df: pd.DataFrame) -> pd.DataFrame:
                      "lowest p95 latency": f"{fastest['variant']} ({fastest[P95] / 1000:.0f} ms)",
                      "variants measured": len(group)})
     return pd.DataFrame(rows)
+
+
+def explain(df: pd.DataFrame, reference: str = "baseline") -> str:
+    """Each variant against `reference` at the highest concurrency both measured, in numbers:
+    throughput, and whether the gain came from less queueing or from less compute."""
+    from .perf import P95, THROUGHPUT
+
+    if reference not in set(df["variant"]):
+        return f"no '{reference}' run saved: run notebook 02 first."
+    ref = df[df["variant"] == reference].set_index("concurrency")
+    lines = []
+    for variant, group in df[df["variant"] != reference].groupby("variant", sort=False):
+        rows = group.set_index("concurrency")
+        common = sorted(set(rows.index) & set(ref.index))
+        if not common:
+            lines.append(f"{variant}: no concurrency level in common with {reference}")
+            continue
+        level = common[-1]
+        a, b = rows.loc[level], ref.loc[level]
+        queue = (a["server queue (us)"] - b["server queue (us)"]) / 1000
+        compute = (a["server compute infer (us)"] - b["server compute infer (us)"]) / 1000
+        cause = ("less waiting in the queue" if abs(queue) >= abs(compute)
+                 else "less time in the model")
+        if a[THROUGHPUT] < b[THROUGHPUT]:
+            cause = ("more waiting in the queue" if queue > 0 and queue >= compute
+                     else "more time in the model")
+        lines.append(
+            f"{variant}: {a[THROUGHPUT] / b[THROUGHPUT]:.2f}x the {reference}'s throughput at "
+            f"concurrency {level} ({a[THROUGHPUT]:.1f} vs {b[THROUGHPUT]:.1f} infer/s), p95 "
+            f"{a[P95] / 1000:.0f} vs {b[P95] / 1000:.0f} ms; queue {queue:+.1f} ms and model "
+            f"compute {compute:+.1f} ms per request: mostly {cause}.")
+    return "\n".join(lines)

@@ -490,7 +490,13 @@ class LocalTriton(TritonServer):
 
     def exit_description(self) -> str:
         if self._proc is not None and self._proc.poll() is not None:
-            return f"Triton exited with code {self._proc.returncode}"
+            code = self._proc.returncode
+            if code < 0:
+                try:
+                    return f"Triton was killed by {signal.Signals(-code).name}"
+                except ValueError:
+                    pass
+            return f"Triton exited with code {code}"
         return "Triton is not running"
 
     def log_text(self) -> str:

@@ -197,6 +197,30 @@ def ensure_weights(folder: Path | None = None, source: str | None = None, force:
     return meta
 
 
+def pin_file(downloaded: Path) -> Path:
+    """Where the SHA-256 of a downloaded weights file is recorded: beside it, `<name>.sha256`."""
+    return downloaded.with_name(downloaded.name + ".sha256")
+
+
+def _check_pin(path: Path, url: str, digest: str, say) -> None:
+    """The first download of `url` records its SHA-256; every later use must match it.
+
+    A file that changed since (tampered with, truncated, or replaced upstream) stops here with a
+    clear message instead of being served.
+    """
+    pin = pin_file(path)
+    if pin.exists():
+        recorded = pin.read_text().split()[0]
+        if recorded != digest:
+            raise WeightsError(
+                f"{path} (from {url}) has SHA-256 {digest}, but its first download recorded "
+                f"{recorded} in {pin}. The file changed: delete both and download again only if "
+                "you trust the new file (or set FOOD11_SHA256 to the digest you expect).")
+        return
+    pin.write_text(f"{digest}  {url}\n")
+    say(f"Recorded SHA-256 {digest[:16]}... of {url} in {pin}: later uses must match it.")
+
+
 def _build(folder: Path, source: str, expected_sha256: str | None, say) -> dict:
     if source == STAND_IN:
         return save_weights(build_stand_in(), folder, STAND_IN, stand_in=True)
@@ -213,6 +237,8 @@ def _build(folder: Path, source: str, expected_sha256: str | None, say) -> dict:
     if expected_sha256 and digest != expected_sha256:
         raise WeightsError(f"{path} has SHA-256 {digest}, expected {expected_sha256}. "
                            "Delete it and fetch again, or check FOOD11_SHA256.")
+    if "://" in source:
+        _check_pin(path, source, digest, say)
     return save_weights(read_checkpoint(path), folder, source, stand_in=False,
                         source_sha256=digest)
 
