@@ -130,3 +130,17 @@ def test_normalise_matches_the_torch_preprocessing(classifier_code):
     expected = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
     np.testing.assert_allclose(x, expected.numpy(), atol=2e-6)
 
+
+
+def test_food11_images_are_found_in_any_layout(tmp_path, images):
+    from tritonlab import samples
+
+    assert samples.food11_images(folder=tmp_path / "absent") == []
+    for i in range(10):
+        folder = tmp_path / "evaluation" / f"class{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.jpg").write_bytes(images[0].read_bytes())
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert len(samples.food11_images(folder=tmp_path)) == 10
+    picked = samples.food11_images(limit=3, folder=tmp_path)
+    assert len(picked) == 3 and len({p.parent.name for p in picked}) == 3

@@ -2,7 +2,8 @@
 
 The sample JPEGs in data/samples/ are drawn by `draw_samples()` below (simple pictures of food
 on a plate, made for this course; same licence as the project). Real Food-11 photos placed in
-data/food11/ are used too where a notebook looks for them.
+data/food11/ (any layout, e.g. the dataset's evaluation/<class>/*.jpg) are found by
+`food11_images()`: the accuracy checks use them too when they are present.
 """
 
 from __future__ import annotations
@@ -104,6 +105,25 @@ def sample_images(folder: Path = settings.SAMPLES) -> list[Path]:
     """The sample JPEGs, drawn first if the folder is empty."""
     paths = sorted(folder.glob("*.jpg"))
     return paths or draw_samples(folder)
+
+
+def food11_images(limit: int = 64, folder: Path | None = None) -> list[Path]:
+    """Up to `limit` real Food-11 photos under data/food11/ (none if it is absent), taken in
+    turns from each folder (the dataset keeps one folder per class), so every class present is
+    represented."""
+    folder = folder or settings.DATA / "food11"
+    if not folder.is_dir():
+        return []
+    groups: dict[Path, list[Path]] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in (".jpg", ".jpeg", ".png") and path.is_file():
+            groups.setdefault(path.parent, []).append(path)
+    picked: list[Path] = []
+    for rank in range(max((len(g) for g in groups.values()), default=0)):
+        for group in groups.values():
+            if rank < len(group) and len(picked) < limit:
+                picked.append(group[rank])
+    return picked
 
 
 def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
