@@ -227,5 +227,11 @@ def test_compare_and_explain_tell_the_measured_story(triton):
     assert f"({ratio:.2f}x)" in text
     story = results.explain(pd.concat([base, batched], ignore_index=True))
     assert story.startswith(f"batched: {ratio:.2f}x the baseline's throughput at concurrency 4")
-    assert "mostly " in story
+    assert story.endswith(("queue (one execution now serves several requests, or executions "
+                           "run side by side).", "less time in the model.", "queued longer.",
+                           "in the queue.", "in the model."))
     assert results.explain(batched).startswith("no 'baseline' run saved")
+    mixed = pd.concat([base.assign(model="food_classifier"),
+                       batched.assign(model="food_classifier"),
+                       batched.assign(variant="ensemble", model="food_captioning")])
+    assert "ensemble" not in results.explain(mixed)  # other models are not compared

@@ -177,9 +177,10 @@ def server_metrics(metrics, name: str | None = None,
 
 def stages(df, name: str | None = None, title: str = "Where an image's time goes (in-process)"):
     """Stacked horizontal bars: milliseconds per image of each stage, one bar per runtime."""
+    _seaborn()
     table = df.pivot_table(index="runtime", columns="stage", values="ms per image", sort=False)
     fig, ax = plt.subplots(figsize=(7, 0.8 * len(table) + 1.6))
     table.plot.barh(stacked=True, ax=ax, color=["#ff7f0e", "#9467bd", "#1f77b4"])
     ax.set(xlabel="milliseconds per image", ylabel="", title=title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.3))
     return _finish(fig, name)

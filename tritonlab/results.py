@@ -53,7 +53,7 @@ def table(folder: Path | None = None, latest: bool = True) -> pd.DataFrame:
             continue
         meta = data["meta"]
         df["variant"] = meta["variant"]
-        for key in ("mode", "device", "date", "measurement_ms", "quick"):
+        for key in ("model", "mode", "device", "date", "measurement_ms", "quick"):
             df[key] = meta.get(key)
         df["file"] = Path(data["path"]).name
         frames.append(df)
@@ -99,6 +99,8 @@ def explain(df: pd.DataFrame, reference: str = "baseline") -> str:
 
     if reference not in set(df["variant"]):
         return f"no '{reference}' run saved: run notebook 02 first."
+    if "model" in df.columns:  # compare like with like: runs of the reference's model only
+        df = df[df["model"] == df.loc[df["variant"] == reference, "model"].iloc[0]]
     ref = df[df["variant"] == reference].set_index("concurrency")
     lines = []
     for variant, group in df[df["variant"] != reference].groupby("variant", sort=False):
@@ -111,14 +113,18 @@ def explain(df: pd.DataFrame, reference: str = "baseline") -> str:
         a, b = rows.loc[level], ref.loc[level]
         queue = (a["server queue (us)"] - b["server queue (us)"]) / 1000
         compute = (a["server compute infer (us)"] - b["server compute infer (us)"]) / 1000
-        cause = ("less waiting in the queue" if abs(queue) >= abs(compute)
-                 else "less time in the model")
-        if a[THROUGHPUT] < b[THROUGHPUT]:
-            cause = ("more waiting in the queue" if queue > 0 and queue >= compute
-                     else "more time in the model")
+        slower = a["server compute infer (us)"] / max(b["server compute infer (us)"], 1)
+        if a[THROUGHPUT] >= b[THROUGHPUT]:
+            cause = ("mostly less time in the model" if compute < 0 and -compute >= abs(queue)
+                     else "mostly less waiting in the queue (one execution now serves several "
+                          "requests, or executions run side by side)")
+        elif slower >= 1.5:
+            cause = f"each execution took {slower:.1f}x as long, so requests also queued longer"
+        else:
+            cause = "more waiting in the queue" if queue >= compute else "more time in the model"
         lines.append(
             f"{variant}: {a[THROUGHPUT] / b[THROUGHPUT]:.2f}x the {reference}'s throughput at "
             f"concurrency {level} ({a[THROUGHPUT]:.1f} vs {b[THROUGHPUT]:.1f} infer/s), p95 "
             f"{a[P95] / 1000:.0f} vs {b[P95] / 1000:.0f} ms; queue {queue:+.1f} ms and model "
-            f"compute {compute:+.1f} ms per request: mostly {cause}.")
+            f"compute {compute:+.1f} ms per request: {cause}.")
     return "\n".join(lines)
