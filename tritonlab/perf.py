@@ -231,14 +231,18 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
                     break
                 unstable = "Failed to obtain stable measurement" in output
                 if attempt < 3 and unstable:
-                    # A shared, noisy machine: measure again with a looser tolerance, and say so.
-                    # The tolerance used is saved with each row (column stability_percent).
+                    # A shared, noisy machine: measure again with a looser tolerance and, the
+                    # last time, windows three times as long (a slow variant may finish only a
+                    # few requests in a short window), and say so. Both are saved with each row
+                    # (columns stability_percent and measurement_ms).
                     looser = max(30, 2 * opts.stability_percent) if attempt == 1 else 100
+                    window = opts.measurement_ms * (1 if attempt == 1 else 3)
                     print(f"concurrency {level}: not stable within "
                           f"{level_opts.stability_percent}%; measuring again with {looser}%"
-                          + (" (numbers will be noisy: is something else using this machine?)"
-                             if looser == 100 else "") + ".")
+                          + (f" and {window} ms windows (numbers will be noisy: is something "
+                             "else using this machine?)" if attempt == 2 else "") + ".")
                     level_opts = PerfSettings(**{**asdict(opts), "stability_percent": looser,
+                                                 "measurement_ms": window,
                                                  "max_trials": opts.max_trials + 4})
                     continue
                 gone = _server_state(server)
@@ -249,6 +253,7 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
             raw[level] = output
             row = parse_csv(workdir / csv_path).iloc[0].to_dict()
             row["stability_percent"] = level_opts.stability_percent
+            row["measurement_ms"] = level_opts.measurement_ms
             rows.append(row)
             for step_file in sorted(workdir.glob(f"*.{csv_path.name}")):
                 step = parse_csv(step_file).iloc[0].to_dict()

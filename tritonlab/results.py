@@ -54,7 +54,8 @@ def table(folder: Path | None = None, latest: bool = True) -> pd.DataFrame:
         meta = data["meta"]
         df["variant"] = meta["variant"]
         for key in ("model", "mode", "device", "date", "measurement_ms", "quick"):
-            df[key] = meta.get(key)
+            if key not in df.columns:  # a row's own window (after a retry) takes precedence
+                df[key] = meta.get(key)
         df["file"] = Path(data["path"]).name
         frames.append(df)
     if not frames:
