@@ -110,7 +110,8 @@ def weights_url(tmp_path, classifier_code):
     httpd.server_close()
 
 
-def test_downloaded_weights_are_pinned_on_first_use(tmp_path, monkeypatch, weights_url, capsys):
+def test_downloaded_weights_are_pinned_on_first_use(tmp_path, monkeypatch, weights_url, capsys,
+                                                     classifier_code):
     monkeypatch.setattr(weights.settings, "DATA", tmp_path / "data")
     meta = weights.ensure_weights(tmp_path / "served", source=weights_url)
     assert meta["stand_in"] is False and meta["source"] == weights_url
@@ -131,3 +132,18 @@ def test_downloaded_weights_are_pinned_on_first_use(tmp_path, monkeypatch, weigh
     with pytest.raises(weights.WeightsError, match="first download recorded"):
         weights.ensure_weights(tmp_path / "served", source=weights_url, force=True, quiet=True)
     assert (tmp_path / "served" / "food11.pt").read_bytes() == before
+
+    # a corrupt file with an explicit digest: a clear error, not torch's own
+    with pytest.raises(weights.WeightsError, match="cannot read"):
+        weights.ensure_weights(tmp_path / "served", source=weights_url, force=True, quiet=True,
+                               expected_sha256=weights.sha256_file(cached))
+
+    # the message's way out: a digest given explicitly is trusted over the recorded one
+    torch.manual_seed(5)
+    torch.save(classifier_code.build_network(), cached)  # a different, valid file
+    changed = weights.sha256_file(cached)
+    with pytest.raises(weights.WeightsError, match="first download recorded"):
+        weights.ensure_weights(tmp_path / "served", source=weights_url, force=True, quiet=True)
+    meta = weights.ensure_weights(tmp_path / "served", source=weights_url, force=True,
+                                  quiet=True, expected_sha256=changed)
+    assert meta["source_sha256"] == changed

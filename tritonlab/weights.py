@@ -77,9 +77,15 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     Nothing is unpickled with `weights_only=False`: a whole model is read with the restricted
     unpickler, allowing only torch.nn and torchvision MobileNetV2 classes that the file names.
     """
+    import pickle
+
     import torch.serialization as ser
 
-    names = ser.get_unsafe_globals_in_checkpoint(str(path))
+    try:
+        names = ser.get_unsafe_globals_in_checkpoint(str(path))
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise WeightsError(f"cannot read {path}: not a PyTorch checkpoint, or a corrupt one "
+                           f"({str(exc).splitlines()[0]}). Delete it and fetch it again.") from None
     refused = [n for n in names if not n.startswith(ALLOWED_MODULES)]
     if refused:
         raise WeightsError(f"{path} names classes outside torch.nn and torchvision's MobileNetV2 "
@@ -237,7 +243,7 @@ def _build(folder: Path, source: str, expected_sha256: str | None, say) -> dict:
     if expected_sha256 and digest != expected_sha256:
         raise WeightsError(f"{path} has SHA-256 {digest}, expected {expected_sha256}. "
                            "Delete it and fetch again, or check FOOD11_SHA256.")
-    if "://" in source:
+    if "://" in source and not expected_sha256:  # a digest given explicitly has the last word
         _check_pin(path, source, digest, say)
     return save_weights(read_checkpoint(path), folder, source, stand_in=False,
                         source_sha256=digest)

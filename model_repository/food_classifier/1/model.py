@@ -257,13 +257,14 @@ class Food11Classifier:
             self.meta = weights_meta(folder)
             self.session = load_onnx_session(folder, self.meta["sha256"], device, num_threads)
             self.input_name = self.session.get_inputs()[0].name
-            self.num_threads = num_threads or os.cpu_count() or 1
+            self.threads = (f"{num_threads} threads" if num_threads > 0 else
+                            "ONNX Runtime's default threads (one per physical core)")
         else:
             import torch
 
             if num_threads > 0:
                 torch.set_num_threads(num_threads)
-            self.num_threads = torch.get_num_threads()
+            self.threads = f"{torch.get_num_threads()} threads"
             state, self.meta = load_weights(folder, device="cpu")
             net = build_network()
             net.load_state_dict(state)
@@ -373,7 +374,7 @@ class TritonPythonModel:
         self.model = Food11Classifier(folder, device=device, num_threads=num_threads,
                                       runtime=runtime)
         self.labels = np.array([s.encode() for s in LABELS], dtype=object)
-        where = f"{runtime} on {device}, {self.model.num_threads} threads"
+        where = f"{runtime} on {device}, {self.model.threads}"
         print(f"[{args['model_instance_name']}] Food-11 classifier on {where}; weights from "
               f"{self.model.meta.get('source')}", flush=True)
         if self.model.stand_in:
