@@ -17,6 +17,7 @@ from PIL import Image
 
 from tritonlab import api
 
+from . import photos
 from .conftest import free_ports
 
 pytestmark = pytest.mark.server
@@ -57,6 +58,11 @@ def _cases(photo: Image.Image, jpeg: bytes) -> list[tuple[str, bytes, str]]:
         ("animated GIF", gif.getvalue(), "ok"),
         ("1x1 image", _encode(Image.new("RGB", (1, 1), (200, 100, 50)), "PNG"), "ok"),
         ("base64 text of a JPEG", base64.b64encode(jpeg), "ok"),
+        ("JPEG stored sideways, EXIF orientation 6", photos.sideways_jpeg(photo, 6), "ok"),
+        ("Display P3 JPEG", photos.tagged(photo, photos.DISPLAY_P3, "JPEG"), "ok"),
+        ("HEIC (as iPhones save)", _encode(photo, "HEIF", quality=90), "ok"),
+        ("AVIF", _encode(photo, "AVIF", quality=90), "ok"),
+        ("JPEG XL (no decoder here)", b"\xff\x0a" + os.urandom(512), "error: JPEG XL"),
     ]
 
 
@@ -100,6 +106,9 @@ def test_triton_models_answer_each_input(triton, cases, model, capsys):
         else:
             assert status == 400, f"{name}: {status} {body}"
             assert body["error"], name
+            named = expect.partition(": ")[2]  # a format without a decoder here
+            if named:
+                assert named in body["error"] and "convert" in body["error"], body["error"]
         assert triton.is_ready(), f"not ready after {name}"
     with capsys.disabled():
         _report(f"{model} (HTTP)", rows)
@@ -142,9 +151,13 @@ def test_api_answers_each_upload_with_json(triton, cases, capsys):
                          body.get("caption") or str(body.get("detail", ""))))
             if expect == "ok":
                 assert resp.status_code == 200, f"{name}: {body}"
-            elif expect == "error":
+            else:
                 assert 400 <= resp.status_code < 500, f"{name}: {resp.status_code} {body}"
                 assert isinstance(body["detail"], str) and "Traceback" not in body["detail"]
+                named = expect.partition(": ")[2]
+                if named:  # a format with no decoder here: 415 naming it, saying what to do
+                    assert resp.status_code == 415 and named in body["detail"], body
+                    assert "convert" in body["detail"], body
             assert resp.status_code != 500, f"{name}: {body}"
         assert requests.get(running.url + "/health", timeout=10).status_code == 200
     finally:

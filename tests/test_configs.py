@@ -12,8 +12,8 @@ from tritonlab import configs, settings
 def test_committed_configs_are_what_the_code_builds():
     for name, cfg in configs.course_configs().items():
         path = settings.MODEL_REPOSITORY / name / "config.pbtxt"
-        expected = configs.render(cfg, f"tritonlab.configs.course_configs()['{name}']",
-                                  "make configs")
+        expected = configs.render(cfg, configs.course_source(name), "make configs",
+                                  configs.COURSE_NOTES[name])
         assert path.read_text() == expected, f"{path} is stale: run `make configs`"
 
 
@@ -65,3 +65,71 @@ def test_diff_shows_one_field():
     assert "-max_batch_size: 16" in configs.diff(before, after)
     assert "+max_batch_size: 8" in configs.diff(before, after)
     assert configs.diff(before, configs.classifier_config()) == ""
+
+
+def test_committed_warmup_files_are_what_the_code_builds():
+    """Every warm-up data file a committed config names exists, as `configs` writes it."""
+    data = configs.warmup_data()
+    for name, cfg in configs.course_configs().items():
+        files = {i.input_data_file for w in cfg.model_warmup for i in w.inputs.values()}
+        if cfg.platform == "ensemble":
+            assert not files, "ensembles take no model_warmup"
+            continue
+        assert files == {t.name for t in cfg.input}, name
+        for file in files:
+            path = settings.MODEL_REPOSITORY / name / configs.WARMUP_DIR / file
+            assert path.read_bytes() == data[file], f"{path} is stale: run `make configs`"
+    image = data["INPUT_IMAGE"]
+    assert int.from_bytes(image[:4], "little") == len(image) - 4 and image[4:7] == b"\xff\xd8\xff"
+
+
+@pytest.mark.parametrize("change,problem", [
+    (lambda c: c.model_warmup[0].inputs.pop("INPUT_IMAGE"), "lacks inputs"),
+    (lambda c: setattr(c.model_warmup[0], "batch_size", 99), "batch_size 99"),
+    (lambda c: setattr(c.model_warmup[0].inputs["INPUT_IMAGE"], "data_type", mc.TYPE_FP32),
+     "as TYPE_FP32"),
+])
+def test_warmup_validation_names_the_problem(change, problem):
+    cfg = configs.classifier_config()
+    change(cfg)
+    with pytest.raises(configs.ConfigError, match=problem):
+        configs.validate(cfg)
+
+
+def test_an_ensemble_with_warmup_is_refused_as_triton_would():
+    cfg = configs.ensemble_config()
+    configs.add_warmup(cfg, ["INPUT_IMAGE"])
+    with pytest.raises(configs.ConfigError, match="ensembles take no model_warmup"):
+        configs.validate(cfg)
+
+
+def _threads(code, cfg, cores: int) -> int:
+    """The threads `model.py` gives each instance of `cfg` on a machine with `cores` cores."""
+    return code.cpu_threads({"model_config": configs.to_json(cfg)}, cores=cores)
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3, 4, 8, 16, 48])
+def test_served_thread_pools_never_claim_more_cores_than_there_are(classifier_code, cores):
+    """The models that run at once (the ensemble's steps, all their instances) together get at
+    most the machine's cores, or one thread per instance where there are more instances."""
+    steps = configs.ensemble_steps(split=True)
+    instances = sum(g.count for cfg in steps.values() for g in cfg.instance_group)
+    claimed = sum(_threads(classifier_code, cfg, cores) * sum(g.count for g in cfg.instance_group)
+                  for cfg in steps.values())
+    assert claimed <= max(cores, instances)
+    assert configs.course_configs()["food_classifier"] == steps["food_classifier"]
+    unsplit = configs.ensemble_steps(split=False)  # the lesson's counter-example: every core each
+    assert sum(_threads(classifier_code, cfg, cores) for cfg in unsplit.values()) == 2 * cores
+
+
+def test_threads_per_instance_follow_the_config(classifier_code):
+    two = configs.classifier_config(instances=2)
+    assert _threads(classifier_code, two, 8) == 4                      # cpu_share 1, 2 instances
+    assert _threads(classifier_code, configs.classifier_config(cpu_share=0.5), 8) == 4
+    assert _threads(classifier_code, configs.classifier_config(num_threads=3), 8) == 3
+    assert _threads(classifier_code, configs.classifier_config(instances=4), 2) == 1  # at least 1
+    gpus = configs.classifier_config(instance_groups=[
+        {"count": 2, "kind": "KIND_GPU", "gpus": [0, 1]}])             # 2 per GPU: 4 instances
+    assert _threads(classifier_code, gpus, 16) == 4
+    with pytest.raises(configs.ConfigError, match="cpu_share"):
+        configs.classifier_config(cpu_share=1.5)

@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from tritonlab import settings
+from tritonlab import configs, settings
 from tritonlab.docker_server import KEY_HEADER, DockerTriton, restriction_flags
 from tritonlab.server import LocalTriton, choose_mode, get_server
 from tritonlab.settings import Ports
@@ -214,3 +214,17 @@ def test_restricted_model_control_refuses_a_load_without_the_key(tmp_path, repos
         assert infer_ok.status_code == 200  # health and inference stay open
     finally:
         server.stop()
+
+
+def test_the_gpu_node_serves_the_same_warmed_up_configs():
+    """The Triton container mounts the whole repository: each committed config and the warm-up
+    files it names reach /models/<model>/ as they are here, and the image can decode HEIC."""
+    compose = yaml.safe_load((settings.ROOT / "compose.yaml").read_text())
+    assert "./model_repository:/models" in compose["services"]["triton"]["volumes"]
+    assert "--model-repository=/models" in compose["services"]["triton"]["command"]
+    for name, cfg in configs.course_configs().items():
+        for sample in cfg.model_warmup:
+            for spec in sample.inputs.values():
+                assert (settings.MODEL_REPOSITORY / name / "warmup" / spec.input_data_file
+                        ).is_file(), f"{name}: warm-up file {spec.input_data_file} missing"
+    assert "pillow-heif==" in (settings.ROOT / "Dockerfile.triton").read_text()

@@ -170,6 +170,7 @@ def test_bench_verdicts_compare_against_the_targets():
                               "served_share": 0.95}, "reload_s": 6.0, "restart_s": 12.0,
                "reload_torch_s": 6.5, "ensemble_c4": {"throughput": 10.0},
                "ensemble_batched_c4": {"throughput": 19.0},
+               "ensemble_every_core_each_c4": {"throughput": 3.0},
                "ensemble_overhead_ms": {"ensemble_ms": 140.0, "two_calls_ms": 125.0},
                "memory_all_models_mib": 1400.0,
                "memory_per_extra_instance_mib": {"onnxruntime": 200.0, "torch": 900.0},

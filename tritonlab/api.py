@@ -53,13 +53,15 @@ def _image_code():
 
 
 def check_image(data: bytes) -> None:
-    """Refuse what the served models would refuse, before it travels to Triton."""
+    """Refuse what the served models would refuse (415, naming the format when it is one the
+    decoders lack, and how to convert it), before it travels to Triton."""
     code = _image_code()
     try:
         code.open_image(code.to_image_bytes(data), min_side=1)
     except code.BadImage as exc:
         raise HTTPException(415, f"The upload is not a usable image: {exc}. "
-                                 "Send a JPEG, PNG, GIF, BMP, TIFF or WebP file.") from None
+                                 "Send a JPEG, PNG, HEIC, AVIF, WebP, GIF, BMP or TIFF file."
+                            ) from None
 
 
 def infer(url: str, data: bytes, model: str = MODEL) -> Prediction:
@@ -129,7 +131,8 @@ def create_app(url: str | None = None, model: str = MODEL) -> FastAPI:
               responses={400: {"model": Problem}, 413: {"model": Problem},
                          415: {"model": Problem}, 422: {"model": Problem},
                          503: {"model": Problem}})
-    async def predict(file: UploadFile = File(..., description="a JPEG or PNG photo of food")):
+    async def predict(file: UploadFile = File(..., description="a photo of food: JPEG, PNG, "
+                                                            "HEIC, AVIF, WebP, ...")):
         data = await file.read(MAX_UPLOAD_BYTES + 1)
         if not data:
             raise HTTPException(400, "The upload is empty: send an image file in the field "

@@ -285,21 +285,23 @@ def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None,
         figures["reload_torch_s"] = statistics.median(torch_reloads)
         figures["restart_s"] = _quietly(server.restart)
 
-        print("4. ensemble ...", flush=True)
+        print("4. ensemble, its steps' configs as in notebook 07 ...", flush=True)
         c4 = perf.PerfSettings(concurrency=[4], measurement_ms=window_ms)
-        _quietly(deploy, server, configs.captioning_config())
-        figures["ensemble_c4"] = _measure(server, "food_captioning", "ensemble", c4, repeats)
-        _quietly(deploy, server, configs.captioning_config(
-            dynamic_batching={"preferred_batch_size": [4], "max_queue_delay_microseconds": 5000}))
-        figures["ensemble_batched_c4"] = _measure(server, "food_captioning", "ensemble batched",
-                                                  c4, repeats)
+        for split, batched, key in ((True, False, "ensemble_c4"),
+                                    (True, True, "ensemble_batched_c4"),
+                                    (False, False, "ensemble_every_core_each_c4")):
+            for cfg in configs.ensemble_steps(split, batched).values():
+                _quietly(deploy, server, cfg)
+            figures[key] = _measure(server, "food_captioning", key, c4, repeats)
+        for cfg in configs.ensemble_steps(split=True).values():
+            _quietly(deploy, server, cfg)
         figures["ensemble_overhead_ms"] = ensemble_overhead(server, repeats)
 
         print(f"5. load: {load_seconds} s at concurrency 32 (classifier) and 8 (ensemble) ...",
               flush=True)
+        figures["load_ensemble_c8"] = load_run(server, "food_captioning", 8, load_seconds)
         _quietly(deploy, server, configs.classifier_config(**FASTEST))
         figures["load_classifier_c32"] = load_run(server, "food_classifier", 32, load_seconds)
-        figures["load_ensemble_c8"] = load_run(server, "food_captioning", 8, load_seconds)
 
         print("6. memory ...", flush=True)
         figures["memory_all_models_mib"] = memory_all / 2**20
@@ -381,6 +383,9 @@ def verdicts(f: dict) -> list[dict]:
         ("ensemble c=4: captioning batched vs not",
          f"{f['ensemble_batched_c4']['throughput']:.1f} vs "
          f"{f['ensemble_c4']['throughput']:.1f} infer/s", "(reported)", None),
+        ("ensemble c=4: cores split vs every core each",
+         f"{f['ensemble_c4']['throughput']:.1f} vs "
+         f"{f['ensemble_every_core_each_c4']['throughput']:.1f} infer/s", "(reported)", None),
         ("ensemble vs two client calls (mean latency)",
          f"{f['ensemble_overhead_ms']['ensemble_ms']:.0f} vs "
          f"{f['ensemble_overhead_ms']['two_calls_ms']:.0f} ms", "(reported)", None),

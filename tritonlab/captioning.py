@@ -83,6 +83,21 @@ def _quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
+def hub_unreachable(timeout: float = 3.0) -> str:
+    """Why the Hugging Face Hub cannot be reached ('' when it can), asked once and quickly:
+    without it, transformers retries every file for minutes before giving up."""
+    import requests
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        requests.head(endpoint, timeout=timeout, allow_redirects=True)
+    except requests.RequestException as exc:
+        return f"{endpoint} did not answer ({type(exc).__name__})"
+    return ""
+
+
 def download(target: Path, hub_id: str) -> None:
     """The real BLIP from the hub (about 1 GB), saved to `target`."""
     from transformers import BlipForConditionalGeneration, BlipProcessor
@@ -118,7 +133,10 @@ def ensure_blip(folder: Path | None = None, source: str | None = None, force: bo
         tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".blip-"))
         stand_in = source == STAND_IN
         _quiet_transformers()
+        offline = "" if stand_in or Path(source).is_dir() else hub_unreachable()
         try:
+            if offline:
+                raise ConnectionError(f"the Hugging Face Hub cannot be reached: {offline}")
             if stand_in:
                 build_stand_in(tmp)
             elif Path(source).is_dir():

@@ -22,6 +22,12 @@ BANNER = """\
 # Regenerate with: {regenerate}
 """
 
+#: Folder (inside a model's folder) that Triton reads `model_warmup` data files from.
+WARMUP_DIR = "warmup"
+#: The sample photo every course model is warmed up with (data/samples/).
+WARMUP_IMAGE = "pasta.jpg"
+WARMUP_LABEL = "Noodles/Pasta"
+
 
 class ConfigError(ValueError):
     """A model config that Triton would refuse or misread; the message lists every problem."""
@@ -29,16 +35,20 @@ class ConfigError(ValueError):
 
 def classifier_config(name: str = "food_classifier", max_batch_size: int = 16,
                       instances: int = 1, kind: str = "KIND_CPU", gpus: list[int] | None = None,
-                      num_threads: int = 0, dynamic_batching: dict | None = None,
+                      num_threads: int = 0, cpu_share: float = 1.0,
+                      dynamic_batching: dict | None = None,
                       instance_groups: list[dict] | None = None, runtime: str = "torch",
-                      backend: str = "python") -> mc.ModelConfig:
+                      backend: str = "python", warmup: bool = True) -> mc.ModelConfig:
     """The Food-11 classifier's config: an encoded image in, a label and its probability out.
 
     One instance group of `instances` x `kind` (on `gpus`), or several: `instance_groups` is a
-    list of dicts with count, kind and gpus. `num_threads` 0 leaves the runtime's default (one
-    thread per core). `dynamic_batching` takes `preferred_batch_size` (list) and
-    `max_queue_delay_microseconds`. `runtime` is 'torch' (eager PyTorch) or 'onnxruntime'
-    (the exported .onnx file run by ONNX Runtime inside the same Python model).
+    list of dicts with count, kind and gpus. Threads per instance: `num_threads` if > 0, else
+    the instance's part of `cpu_share` (the fraction of the machine's cores all instances of the
+    model share; `model.py` divides it, see its `cpu_threads`). `dynamic_batching` takes
+    `preferred_batch_size` (list) and `max_queue_delay_microseconds`. `runtime` is 'torch'
+    (eager PyTorch) or 'onnxruntime' (the exported .onnx file run by ONNX Runtime inside the
+    same Python model). `warmup` adds a `model_warmup` block: Triton runs a sample photo through
+    each instance before it marks the model READY.
     """
     cfg = mc.ModelConfig(name=name, backend=backend, max_batch_size=max_batch_size)
     cfg.input.add(name="INPUT_IMAGE", data_type=mc.TYPE_STRING, dims=[1])
@@ -46,28 +56,95 @@ def classifier_config(name: str = "food_classifier", max_batch_size: int = 16,
     cfg.output.add(name="PROBABILITY", data_type=mc.TYPE_FP32, dims=[1])
     add_instance_groups(cfg, instance_groups or [{"count": instances, "kind": kind,
                                                   "gpus": gpus or []}])
-    cfg.parameters["num_threads"].string_value = str(num_threads)
+    set_threads(cfg, num_threads, cpu_share)
     if runtime != "torch":
         cfg.parameters["runtime"].string_value = runtime
     set_dynamic_batching(cfg, dynamic_batching)
+    if warmup:
+        add_warmup(cfg, ["INPUT_IMAGE"])
     return cfg
 
 
 def captioning_config(name: str = "conditional_captioning", max_batch_size: int = 8,
                       instances: int = 1, kind: str = "KIND_CPU", gpus: list[int] | None = None,
-                      num_threads: int = 0, max_new_tokens: int = 20, num_beams: int = 1,
-                      dynamic_batching: dict | None = None) -> mc.ModelConfig:
-    """BLIP conditional captioning: an encoded image and its food label in, a caption out."""
+                      num_threads: int = 0, cpu_share: float = 1.0, max_new_tokens: int = 20,
+                      num_beams: int = 1, dynamic_batching: dict | None = None,
+                      warmup: bool = True) -> mc.ModelConfig:
+    """BLIP conditional captioning: an encoded image and its food label in, a caption out.
+
+    Threads as in `classifier_config`; `warmup` captions the sample photo at load time.
+    """
     cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
     cfg.input.add(name="INPUT_IMAGE", data_type=mc.TYPE_STRING, dims=[1])
     cfg.input.add(name="FOOD_LABEL", data_type=mc.TYPE_STRING, dims=[1])
     cfg.output.add(name="CAPTION", data_type=mc.TYPE_STRING, dims=[1])
     add_instance_groups(cfg, [{"count": instances, "kind": kind, "gpus": gpus or []}])
-    for key, value in (("num_threads", num_threads), ("max_new_tokens", max_new_tokens),
-                       ("num_beams", num_beams)):
+    set_threads(cfg, num_threads, cpu_share)
+    for key, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
         cfg.parameters[key].string_value = str(value)
     set_dynamic_batching(cfg, dynamic_batching)
+    if warmup:
+        add_warmup(cfg, ["INPUT_IMAGE", "FOOD_LABEL"])
     return cfg
+
+
+def set_threads(cfg: mc.ModelConfig, num_threads: int = 0, cpu_share: float = 1.0) -> None:
+    """The `num_threads` and `cpu_share` parameters `model.py` reads (see `classifier_config`)."""
+    if num_threads < 0:
+        raise ConfigError("num_threads must be 0 (use cpu_share) or more")
+    if not 0 < cpu_share <= 1:
+        raise ConfigError(f"cpu_share must be in (0, 1], not {cpu_share}")
+    cfg.parameters["num_threads"].string_value = str(num_threads)
+    cfg.parameters["cpu_share"].string_value = f"{cpu_share:g}"
+
+
+def add_warmup(cfg: mc.ModelConfig, inputs: list[str], batch_sizes: tuple[int, ...] = (1,)
+               ) -> None:
+    """Warm-up samples: each input read from `warmup/<input name>` in the model's folder
+    (written by `write_warmup_files`), sent to every instance once per batch size before the
+    model is READY. A data file holds one element; Triton repeats it for the batch."""
+    for size in batch_sizes:
+        sample = cfg.model_warmup.add(name=f"sample photo, batch {size}", batch_size=size)
+        for name in inputs:
+            tensor = next(t for t in cfg.input if t.name == name)
+            sample.inputs[name].data_type = tensor.data_type
+            sample.inputs[name].dims.extend(tensor.dims)
+            sample.inputs[name].input_data_file = name
+
+
+def warmup_data() -> dict[str, bytes]:
+    """The contents of the warm-up data files, by input name: one BYTES element each, written
+    as Triton reads it (a 4-byte little-endian length, then the bytes)."""
+    import struct
+
+    image = (settings.SAMPLES / WARMUP_IMAGE).read_bytes()
+    label = WARMUP_LABEL.encode()
+    return {"INPUT_IMAGE": struct.pack("<I", len(image)) + image,
+            "FOOD_LABEL": struct.pack("<I", len(label)) + label}
+
+
+def write_warmup_files(cfg: mc.ModelConfig, repository: Path | str | None = None) -> list[Path]:
+    """Write the data files `cfg`'s `model_warmup` samples name, into its model folder."""
+    folder = Path(repository or settings.model_repository()) / cfg.name / WARMUP_DIR
+    data = warmup_data()
+    names = sorted({i.input_data_file for w in cfg.model_warmup for i in w.inputs.values()
+                    if i.input_data_file})
+    paths = []
+    for name in names:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
+        if not path.exists() or path.read_bytes() != data[name]:
+            atomic_write(path, data[name])
+        paths.append(path)
+    return paths
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
+    os.replace(tmp, path)
 
 
 def ensemble_config(name: str = "food_captioning", max_batch_size: int = 8,
@@ -179,6 +256,24 @@ def validate(cfg: mc.ModelConfig, folder: Path | None = None, gpu_count: int | N
             if not 0 < size <= cfg.max_batch_size:
                 problems.append(f"preferred batch size {size} is outside 1..max_batch_size "
                                 f"({cfg.max_batch_size})")
+    inputs = {t.name: t for t in cfg.input}
+    for sample in cfg.model_warmup:
+        if not 0 < sample.batch_size <= max(cfg.max_batch_size, 1):
+            problems.append(f"warm-up sample '{sample.name}' has batch_size {sample.batch_size}:"
+                            f" use 1..{max(cfg.max_batch_size, 1)}")
+        for name, spec in sample.inputs.items():
+            if name not in inputs:
+                problems.append(f"warm-up sample '{sample.name}' feeds '{name}', which is not "
+                                "an input")
+            elif spec.data_type != inputs[name].data_type:
+                problems.append(f"warm-up sample '{sample.name}' sends '{name}' as "
+                                f"{mc.DataType.Name(spec.data_type)}, the input is "
+                                f"{mc.DataType.Name(inputs[name].data_type)}")
+        missing = set(inputs) - set(sample.inputs)
+        if missing:
+            problems.append(f"warm-up sample '{sample.name}' lacks inputs {sorted(missing)}")
+    if cfg.model_warmup and cfg.platform == "ensemble":
+        problems.append("ensembles take no model_warmup: warm up their steps instead")
     for group in cfg.instance_group:
         if group.count < 1:
             problems.append(f"instance group with count {group.count}: use 1 or more")
@@ -225,8 +320,10 @@ def to_json(cfg: mc.ModelConfig) -> str:
     return json_format.MessageToJson(cfg, preserving_proto_field_name=True)
 
 
-def render(cfg: mc.ModelConfig, source: str, regenerate: str) -> str:
-    return BANNER.format(source=source, regenerate=regenerate) + to_text(cfg)
+def render(cfg: mc.ModelConfig, source: str, regenerate: str, notes: str = "") -> str:
+    """The file's text: the generated-file banner, `notes` as comments, then the config."""
+    comments = "".join(f"# {line}\n" if line else "#\n" for line in notes.splitlines())
+    return BANNER.format(source=source, regenerate=regenerate) + comments + to_text(cfg)
 
 
 def read_config(path: Path | str) -> mc.ModelConfig:
@@ -239,15 +336,15 @@ def read_config(path: Path | str) -> mc.ModelConfig:
 
 def write_config(cfg: mc.ModelConfig, repository: Path | str | None = None,
                  source: str = "tritonlab.configs", regenerate: str = "make configs",
-                 gpu_count: int | None = None) -> Path:
-    """Validate `cfg`, write `<repository>/<name>/config.pbtxt` atomically; returns its path."""
+                 gpu_count: int | None = None, notes: str = "") -> Path:
+    """Validate `cfg`, write `<repository>/<name>/config.pbtxt` atomically (and the warm-up
+    data files it names); returns the config's path."""
     folder = Path(repository or settings.model_repository()) / cfg.name
     validate(cfg, folder=folder, gpu_count=gpu_count)
     folder.mkdir(parents=True, exist_ok=True)
+    write_warmup_files(cfg, repository)
     path = folder / "config.pbtxt"
-    tmp = path.with_suffix(".pbtxt.tmp")
-    tmp.write_text(render(cfg, source, regenerate))
-    os.replace(tmp, path)
+    atomic_write(path, render(cfg, source, regenerate, notes))
     return path
 
 
@@ -258,16 +355,63 @@ def diff(old: mc.ModelConfig | None, new: mc.ModelConfig) -> str:
                                           lineterm=""))
 
 
+#: The share of the machine's cores each step of the ensemble gets in the served repository.
+ENSEMBLE_CPU_SHARE = {"food_classifier": 0.5, "conditional_captioning": 0.5}
+
+#: Why the committed configs are as they are, written into each file as comments.
+COURSE_NOTES = {
+    "food_classifier": (
+        "Threads: cpu_share 0.5. The served repository also runs conditional_captioning, and\n"
+        "the food_captioning ensemble runs both models at the same time: each gets half of the\n"
+        "machine's cores, so their thread pools never claim more cores than there are. With\n"
+        "every core each they fight over the cores and the ensemble stalls (notebook 07\n"
+        "measures both). Measuring the classifier alone, notebooks 02-06 give it every core\n"
+        "(cpu_share 1)."),
+    "conditional_captioning": (
+        "Threads: cpu_share 0.5, the other half of the cores to food_classifier, which runs\n"
+        "beside it in the food_captioning ensemble (see that model's config)."),
+    "food_captioning": (
+        "The two steps run at the same time on different requests: their configs split the\n"
+        "machine's cores between them (cpu_share 0.5 each). Ensembles take no model_warmup:\n"
+        "their steps are warmed up by their own configs."),
+}
+
+
+#: Dynamic batching on the captioning step (notebook 07 and `make bench` alike).
+CAPTIONING_BATCHING = {"preferred_batch_size": [4, 8], "max_queue_delay_microseconds": 5000}
+
+
+def ensemble_steps(split: bool = True, batched_captioning: bool = False
+                   ) -> dict[str, mc.ModelConfig]:
+    """The configs of the food_captioning ensemble's two steps, keyed by model name.
+
+    `split`: the machine's cores shared between the steps as served (ENSEMBLE_CPU_SHARE);
+    otherwise each step's runtime takes every core, as PyTorch does by default, and the two
+    pools, running at once, claim twice the cores there are. `batched_captioning` adds
+    CAPTIONING_BATCHING to the captioning step.
+    """
+    share = ENSEMBLE_CPU_SHARE if split else {name: 1.0 for name in ENSEMBLE_CPU_SHARE}
+    return {
+        "food_classifier": classifier_config(cpu_share=share["food_classifier"]),
+        "conditional_captioning": captioning_config(
+            cpu_share=share["conditional_captioning"],
+            dynamic_batching=CAPTIONING_BATCHING if batched_captioning else None)}
+
+
 def course_configs() -> dict[str, mc.ModelConfig]:
-    """The configs committed in model_repository/, keyed by model name."""
-    configs = {"food_classifier": classifier_config(),
-               "conditional_captioning": captioning_config(),
-               "food_captioning": ensemble_config()}
+    """The configs committed in model_repository/, keyed by model name: what `make serve`
+    serves, all models at once (see COURSE_NOTES for the thread split)."""
+    configs = {**ensemble_steps(split=True), "food_captioning": ensemble_config()}
     check_ensemble(configs["food_captioning"], configs)
     return configs
 
 
+def course_source(name: str) -> str:
+    """How the committed config of `name` is built, for its banner."""
+    return f"tritonlab.configs.course_configs()['{name}']"
+
+
 def write_course_configs(repository: Path | str | None = None) -> list[Path]:
-    """Regenerate every committed config.pbtxt (`make configs`)."""
-    return [write_config(cfg, repository, source=f"tritonlab.configs.course_configs()['{name}']")
+    """Regenerate every committed config.pbtxt and warm-up file (`make configs`)."""
+    return [write_config(cfg, repository, source=course_source(name), notes=COURSE_NOTES[name])
             for name, cfg in course_configs().items()]

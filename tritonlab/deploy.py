@@ -10,7 +10,7 @@ from . import configs, devices
 def deploy(server, cfg: mc.ModelConfig, how: str = "reload", source: str = "a course notebook",
            gpu_count: int | None = None,
            regenerate: str = "rerun the notebook cell that wrote it (`make configs` restores the "
-                             "baseline)") -> float:
+                             "baseline)", notes: str = "") -> float:
     """Write `cfg` into the served repository, print the diff, apply it; returns seconds to ready.
 
     `how` is 'reload' (explicit model control: only this model is reloaded) or 'restart' (the
@@ -26,7 +26,8 @@ def deploy(server, cfg: mc.ModelConfig, how: str = "reload", source: str = "a co
     changes = configs.diff(before, cfg)
     print(f"{path.relative_to(server.model_repository.parent)}: "
           + ("\n" + changes if changes else "unchanged"))
-    configs.write_config(cfg, server.model_repository, source=source, regenerate=regenerate)
+    configs.write_config(cfg, server.model_repository, source=source, regenerate=regenerate,
+                         notes=notes)
     runnable, note = configs.for_this_machine(cfg, gpu_count)
     if note:
         print(note)
@@ -47,5 +48,5 @@ def deploy(server, cfg: mc.ModelConfig, how: str = "reload", source: str = "a co
 def restore_baseline(server, name: str = "food_classifier") -> float:
     """Put a model's committed config back (end of each notebook) and reload it."""
     return deploy(server, configs.course_configs()[name], how="reload",
-                  source=f"tritonlab.configs.course_configs()['{name}']",
-                  regenerate="make configs")
+                  source=configs.course_source(name), regenerate="make configs",
+                  notes=configs.COURSE_NOTES[name])

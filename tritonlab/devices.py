@@ -65,3 +65,12 @@ def describe(config: dict | None) -> str:
     where = " + ".join(parts) or "CPU x1"
     hw = ", ".join(gpu_names()) if "GPU" in where else f"{os.cpu_count()} cores, {cpu_name()}"
     return f"{where} ({hw})"
+
+
+def usable_cores() -> int:
+    """Cores Triton's model processes may use here: this process's CPU affinity, capped by a
+    cgroup CPU quota. The served models compute their thread counts with the same function
+    (`cpu_threads` in food_classifier's model code)."""
+    from .models import classifier_module
+
+    return classifier_module().usable_cores()

@@ -9,13 +9,14 @@ under data/results/ with what was measured, where and how.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -60,26 +61,55 @@ class PerfError(RuntimeError):
 
 @dataclass
 class PerfSettings:
-    """How perf_analyzer measures. Quick mode only shortens the numbers, never the code path."""
+    """How perf_analyzer measures. Quick mode only shortens the numbers, never the code path.
+
+    Windows fit the model: with `adapt_windows`, a short probe (a few requests) tells how fast
+    the model answers, and each level's window is made long enough to hold about
+    `min_requests` requests (never shorter than `measurement_ms`). A window that must be
+    lengthened for a slow model holds few requests, whose count alone varies by about one in
+    `min_requests`: its tolerance is at least 300 / `min_requests` percent.
+    """
 
     concurrency: list[int] = field(default_factory=lambda: [1, 8, 16])
-    measurement_ms: int = 5000        # one measurement window
+    measurement_ms: int = 5000        # one time window, at least
     stability_percent: int = 10       # windows must agree within this much
     max_trials: int = 10              # windows tried before giving up
     protocol: str = "http"
     batch_size: int = 1               # images per request
     input_data: str = ""              # JSON input file; default: the raw-JPEG sample file
     collect_metrics: bool = False     # GPU utilization columns (GPU node only)
+    min_requests: int = 30            # fewest requests one window should hold
+    adapt_windows: bool = True        # probe first and fit the windows to the model's speed
+    max_attempts: int = 4             # measurements of one level before giving up
+    max_window_ms: int = 300_000      # no window is made longer than this
 
     @classmethod
     def for_course(cls, concurrency: list[int], quick_concurrency: list[int] | None = None,
                    **kw) -> PerfSettings:
-        """Full windows normally; quick mode (tests, `make lab`): 1.5 s windows, fewer levels."""
+        """Full windows normally; quick mode (tests, `make lab`): windows of 1.5 s or of about
+        10 requests, whichever is longer, and fewer levels."""
         if settings.quick_mode():
             kw.setdefault("measurement_ms", 1500)
             kw.setdefault("max_trials", 6)
+            kw.setdefault("min_requests", 10)
             concurrency = quick_concurrency or concurrency
         return cls(concurrency=list(concurrency), **kw)
+
+
+@dataclass(frozen=True)
+class Window:
+    """How one level is measured: perf_analyzer's time windows of `ms`, which must agree within
+    `stability_percent`."""
+
+    ms: int
+    stability_percent: int
+    mode: str = "time_windows"  # perf_analyzer's --measurement-mode (the course uses this one)
+
+    def flags(self) -> list[str]:
+        return ["--measurement-interval", str(self.ms)]
+
+    def describe(self) -> str:
+        return f"{self.ms} ms windows"
 
 
 @dataclass
@@ -127,19 +157,27 @@ def environment() -> dict[str, str]:
 
 
 def command(url: str, model: str, concurrency: int, csv_path: Path, opts: PerfSettings,
-            metrics_url: str | None = None) -> list[str]:
-    """The exact perf_analyzer command line for one concurrency level."""
+            metrics_url: str | None = None, window: Window | None = None,
+            request_count: int = 0) -> list[str]:
+    """The exact perf_analyzer command line for one concurrency level.
+
+    `window` overrides the settings' window (see `Window`); `request_count` > 0 sends that many
+    requests and stops, with no stability windows (the probe).
+    """
     input_data = opts.input_data or str(settings.PERF_INPUTS / "food_classifier_raw.json")
+    window = window or Window(opts.measurement_ms, opts.stability_percent)
     cmd = [
         str(binary()), "-m", model, "-u", url, "-i", opts.protocol,
         "--concurrency-range", f"{concurrency}:{concurrency}",
         "-b", str(opts.batch_size),
         "--input-data", input_data,
-        "--measurement-interval", str(opts.measurement_ms),
-        "--stability-percentage", str(opts.stability_percent),
-        "--max-trials", str(opts.max_trials),
-        "-f", str(csv_path),
     ]
+    if request_count:
+        cmd += ["--request-count", str(request_count)]
+    else:
+        cmd += window.flags() + ["--stability-percentage", str(window.stability_percent),
+                                 "--max-trials", str(opts.max_trials)]
+    cmd += ["-f", str(csv_path)]
     if opts.collect_metrics and metrics_url:
         cmd += ["--collect-metrics", "--metrics-url", metrics_url]
     return cmd
@@ -152,13 +190,29 @@ def parse_csv(path: Path) -> pd.DataFrame:
     return df.sort_values("concurrency").reset_index(drop=True)
 
 
-def explain_failure(output: str, model: str, opts: PerfSettings) -> str:
+#: perf_analyzer's words for "no request finished inside a window": the window is too short.
+NO_VALID_REQUESTS = re.compile(r"No valid requests recorded|use a larger time window")
+UNSTABLE = "Failed to obtain stable measurement"
+
+
+def request_count(output: str) -> int | None:
+    """The client's request count perf_analyzer reports for the measured windows together."""
+    found = re.findall(r"Client:\s*\n\s*Request count: (\d+)", output)
+    return int(found[-1]) if found else None
+
+
+def explain_failure(output: str, model: str, opts: PerfSettings,
+                    window: Window | None = None) -> str:
     """What a failed perf_analyzer run means, and what to try."""
-    if "Failed to obtain stable measurement" in output:
+    window = window or Window(opts.measurement_ms, opts.stability_percent)
+    if UNSTABLE in output:
         return ("throughput or latency kept changing by more than "
-                f"{opts.stability_percent}% between {opts.measurement_ms} ms windows. Try a longer "
-                "window (measurement_ms), a higher stability_percent, fewer instances competing "
-                "for the CPU, or stop other work on this machine.")
+                f"{window.stability_percent}% between {window.describe()}. Try longer windows "
+                "(measurement_ms, min_requests), fewer instances competing for the CPU, or "
+                "stop other work on this machine.")
+    if NO_VALID_REQUESTS.search(output):
+        return (f"no request finished inside {window.describe()}, even after lengthening them: "
+                "the model may be stalled; look at server.logs().")
     if re.search(r"[Uu]nable to (get|connect)|Connection refused|failed to connect|"
                  r"Couldn't connect|Socket closed", output):
         return ("the server could not be reached or went away during the run: check that Triton "
@@ -192,9 +246,90 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def _run_perf(cmd: list[str], env: dict, workdir: Path, limit: float, server, model: str,
+              level: int) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir,
+                              timeout=limit)
+    except subprocess.TimeoutExpired as exc:
+        output = _text(exc.stdout) + _text(exc.stderr)
+        raise PerfError(f"perf_analyzer did not finish within {limit:.0f} s at concurrency "
+                        f"{level} for '{model}' and was stopped. {_server_state(server)}\n"
+                        f"command: {' '.join(cmd)}\nlast lines:\n{_tail(output)}") from None
+
+
+def probe(server, model: str, level: int, opts: PerfSettings, env: dict | None = None,
+          workdir: Path | None = None) -> float | None:
+    """Inferences per second `model` answers at concurrency `level`, from a few requests
+    (perf_analyzer with --request-count: about one per client, at least 4, no windows); None
+    if the probe failed (the measurement that follows then says why)."""
+    env = env or environment()
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="perf_"))
+    csv_path = Path(f"probe_c{level}.csv")
+    cmd = command(server.http_url if opts.protocol == "http" else server.grpc_url, model, level,
+                  csv_path, opts, server.metrics_url, request_count=max(4, level))
+    proc = _run_perf(cmd, env, workdir, 600, server, model, level)
+    if proc.returncode != 0 or not (workdir / csv_path).exists():
+        return None
+    latency_s = parse_csv(workdir / csv_path).iloc[0][P50] / 1e6
+    # Little's law: `level` requests in flight, each taking `latency_s`. (perf_analyzer's own
+    # throughput figure counts whole seconds, so it is wrong for a run this short.)
+    return level * opts.batch_size / latency_s if latency_s > 0 else None
+
+
+def plan_window(opts: PerfSettings, rate: float | None) -> Window:
+    """The window for a level expected to run at about `rate` infer/s: `measurement_ms`, or
+    long enough for `min_requests` requests, with the tolerance so few requests allow."""
+    window = Window(opts.measurement_ms, opts.stability_percent)
+    if not opts.adapt_windows or not rate:
+        return window
+    needed = math.ceil(opts.min_requests / rate * 1000 / 100) * 100
+    if needed <= opts.measurement_ms:
+        return window
+    tolerance = max(opts.stability_percent, math.ceil(300 / opts.min_requests))
+    return Window(min(needed, opts.max_window_ms), tolerance)
+
+
+def remedy(window: Window, output: str, measured: int | None, opts: PerfSettings,
+           tried: int) -> tuple[Window, str] | None:
+    """The next window after a measurement whose outcome means its windows were too short (no
+    valid request, too few requests, not stable), and the line that says so; None when
+    nothing longer or looser is left to try."""
+    longer = min(window.ms * 3, opts.max_window_ms)
+    if NO_VALID_REQUESTS.search(output) or measured is not None:
+        if longer == window.ms:
+            return None
+        why = ("no request finished inside a window" if measured is None else
+               f"the measurement rests on only {measured} requests")
+        return replace(window, ms=longer), f"{why}; measuring again with {longer} ms windows"
+    if UNSTABLE not in output:
+        return None
+    if tried == 1 and window.stability_percent < 30:
+        looser = replace(window, stability_percent=max(30, 2 * window.stability_percent))
+        return looser, (f"not stable within {window.stability_percent}%; measuring again with "
+                        f"{looser.stability_percent}%")
+    if window.stability_percent >= 100 and longer == window.ms:
+        return None
+    looser = Window(longer, 100)
+    return looser, (f"not stable within {window.stability_percent}%; measuring again with 100% "
+                    f"and {looser.describe()} (numbers will be noisy: is something else using "
+                    "this machine?)")
+
+
 def run(server, model: str, variant: str, opts: PerfSettings | None = None, notes: str = "",
         save: bool = True, sample_metrics: bool = True) -> PerfRun:
-    """Measure `model` on `server` at each concurrency level; returns (and saves) a PerfRun."""
+    """Measure `model` on `server` at each concurrency level; returns (and saves) a PerfRun.
+
+    Each level is measured with windows fitted to the model's speed (see `PerfSettings`) and
+    measured again, up to `max_attempts` times, when perf_analyzer's outcome means the windows
+    were too short (no valid request, too few requests, not stable): looser tolerance, then
+    longer windows, each step printed. Every row records how it was measured (columns
+    measurement_mode, measurement_ms, stability_percent, and request count: the requests the
+    figures rest on).
+
+    Raises PerfError (saying what happened and what to try) when Triton is not ready, goes
+    away, or no attempt succeeds; nothing is saved then.
+    """
     from tqdm.auto import tqdm
 
     opts = opts or PerfSettings.for_course([1, 8, 16])
@@ -206,60 +341,63 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
     rows, raw, commands, step_rows = [], {}, [], []
     sampler = MetricsSampler(server.metrics_url, model=model) if sample_metrics else None
     workdir = Path(tempfile.mkdtemp(prefix="perf_"))
+    rate = None  # infer/s at the last level measured (or probed)
     try:
         if sampler:
             sampler.start()
-        for level in tqdm(opts.concurrency, desc=f"perf_analyzer {variant}", unit="level"):
+        for level in tqdm(list(opts.concurrency), desc=f"perf_analyzer {variant}", unit="level"):
             # A bare file name: for an ensemble perf_analyzer also writes one file per composing
             # model, named <model>_v<version>.<this name>, in its working folder.
             csv_path = Path(f"c{level}.csv")
-            level_opts = opts
-            for attempt in (1, 2, 3):
-                cmd = command(url, model, level, csv_path, level_opts, server.metrics_url)
-                limit = max(120, level_opts.measurement_ms / 1000 * (level_opts.max_trials + 4) * 3)
-                try:
-                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                                          cwd=workdir, timeout=limit)
-                except subprocess.TimeoutExpired as exc:
-                    output = _text(exc.stdout) + _text(exc.stderr)
-                    raise PerfError(f"perf_analyzer did not finish within {limit:.0f} s at "
-                                    f"concurrency {level} for '{model}' and was stopped. "
-                                    f"{_server_state(server)}\ncommand: {' '.join(cmd)}\n"
-                                    f"last lines:\n{_tail(output)}") from None
+            window = plan_window(opts, rate)
+            if opts.adapt_windows and (rate is None or window.ms > opts.measurement_ms):
+                # First level, or a slow model: ask the model itself how fast it answers here.
+                rate = probe(server, model, level, opts, env, workdir) or rate
+                window = plan_window(opts, rate)
+                if window.ms > opts.measurement_ms:
+                    print(f"concurrency {level}: about {rate:.2f} infer/s, so {window.ms} ms "
+                          f"windows (about {opts.min_requests} requests each), within "
+                          f"{window.stability_percent}%.")
+            for attempt in range(1, opts.max_attempts + 1):
+                cmd = command(url, model, level, csv_path, opts, server.metrics_url, window)
+                limit = max(180.0, window.ms / 1000 * (opts.max_trials + 4) * 3)
+                proc = _run_perf(cmd, env, workdir, limit, server, model, level)
                 output = proc.stdout + proc.stderr
-                if proc.returncode == 0 and (workdir / csv_path).exists():
+                ok = proc.returncode == 0 and (workdir / csv_path).exists()
+                measured = request_count(output) if ok else None
+                few = (ok and opts.adapt_windows and measured is not None
+                       and measured < opts.min_requests)
+                if ok and not few:
                     break
-                unstable = "Failed to obtain stable measurement" in output
-                if attempt < 3 and unstable:
-                    # A shared, noisy machine: measure again with a looser tolerance and, the
-                    # last time, windows three times as long (a slow variant may finish only a
-                    # few requests in a short window), and say so. Both are saved with each row
-                    # (columns stability_percent and measurement_ms).
-                    looser = max(30, 2 * opts.stability_percent) if attempt == 1 else 100
-                    window = opts.measurement_ms * (1 if attempt == 1 else 3)
-                    print(f"concurrency {level}: not stable within "
-                          f"{level_opts.stability_percent}%; measuring again with {looser}%"
-                          + (f" and {window} ms windows (numbers will be noisy: is something "
-                             "else using this machine?)" if attempt == 2 else "") + ".")
-                    level_opts = PerfSettings(**{**asdict(opts), "stability_percent": looser,
-                                                 "measurement_ms": window,
-                                                 "max_trials": opts.max_trials + 4})
-                    continue
                 gone = _server_state(server)
-                raise PerfError(f"perf_analyzer failed at concurrency {level} for '{model}': "
-                                + (gone or explain_failure(output, model, level_opts)) + "\n"
-                                f"command: {' '.join(cmd)}\nlast lines:\n{_tail(output)}")
+                step = None if gone or attempt == opts.max_attempts else remedy(
+                    window, output, measured if few else None, opts, attempt)
+                if step is None:
+                    if ok:  # few requests, and nothing longer to try: keep it, and say so
+                        print(f"concurrency {level}: the measurement rests on only {measured} "
+                              "requests: read it as a rough figure.")
+                        break
+                    raise PerfError(
+                        f"perf_analyzer failed at concurrency {level} for '{model}'"
+                        + (f" after {attempt} attempts" if attempt > 1 else "") + ": "
+                        + (gone or explain_failure(output, model, opts, window)) + "\n"
+                        f"command: {' '.join(cmd)}\nlast lines:\n{_tail(output)}")
+                window, why = step
+                print(f"concurrency {level}: {why}.")
             commands.append(cmd)
             raw[level] = output
             row = parse_csv(workdir / csv_path).iloc[0].to_dict()
-            row["stability_percent"] = level_opts.stability_percent
-            row["measurement_ms"] = level_opts.measurement_ms
+            row["measurement_mode"] = window.mode
+            row["measurement_ms"] = window.ms
+            row["stability_percent"] = window.stability_percent
+            row["request count"] = request_count(output)
             rows.append(row)
+            rate = row[THROUGHPUT] or rate
             for step_file in sorted(workdir.glob(f"*.{csv_path.name}")):
-                step = parse_csv(step_file).iloc[0].to_dict()
-                step["step"] = step_file.name.split(".")[0].rsplit("_v", 1)[0]
-                step["concurrency"] = level
-                step_rows.append(step)
+                step_row = parse_csv(step_file).iloc[0].to_dict()
+                step_row["step"] = step_file.name.split(".")[0].rsplit("_v", 1)[0]
+                step_row["concurrency"] = level
+                step_rows.append(step_row)
     finally:
         if sampler:
             sampler.stop()
@@ -298,6 +436,8 @@ def describe_run(server, model: str, variant: str, opts: PerfSettings, commands:
         "config": config,
         "concurrency": list(opts.concurrency),
         "measurement_ms": opts.measurement_ms,
+        "min_requests": opts.min_requests,
+        "adapt_windows": opts.adapt_windows,
         "stability_percent": opts.stability_percent,
         "protocol": opts.protocol,
         "batch_size": opts.batch_size,
@@ -321,12 +461,15 @@ def show_command(server, model: str, opts: PerfSettings | None = None,
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """The columns a person reads first: throughput and latency percentiles in ms."""
+    """The columns a person reads first: throughput, latency percentiles and the server's queue
+    and compute time in ms, and how many requests the figures rest on."""
     out = df[["variant", "concurrency", THROUGHPUT]].copy()
     for col in (P50, P95, P99):
         out[col.replace("(us)", "(ms)")] = df[col] / 1000
     out["server queue (ms)"] = df["server queue (us)"] / 1000
     out["server compute infer (ms)"] = df["server compute infer (us)"] / 1000
+    if "request count" in df.columns:  # the requests the figures rest on
+        out["requests measured"] = df["request count"]
     return out.round(2)
 
 

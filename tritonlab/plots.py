@@ -184,3 +184,21 @@ def stages(df, name: str | None = None, title: str = "Where an image's time goes
     ax.set(xlabel="milliseconds per image", ylabel="", title=title)
     ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.3))
     return _finish(fig, name)
+
+
+def cold_start(df, name: str | None = None,
+               title: str = "The first requests after a load, cold and warm"):
+    """Latency of each request after a load (one line per variant, mean over the loads with
+    its 95% interval), and the load times."""
+    sns = _seaborn()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8),
+                                      gridspec_kw={"width_ratios": [2, 1]})
+    sns.lineplot(data=df, x="request", y="latency (ms)", hue="variant", marker="o", ax=left)
+    left.set_xlabel("request after the load (1 = first)")
+    left.set_title("client latency")
+    loads = df.groupby(["variant", "load"], sort=False)["load (s)"].first().reset_index()
+    sns.barplot(data=loads, x="variant", y="load (s)", hue="variant", ax=right, legend=False)
+    right.set_title("load until READY")
+    right.set_xlabel("")
+    fig.suptitle(title)
+    return _finish(fig, name)

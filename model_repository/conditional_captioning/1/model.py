@@ -121,12 +121,12 @@ class TritonPythonModel:
         params = image_code.config_parameters(args)
         device = image_code.instance_device(args)
         self.captioner = Captioner(HERE, device=device,
-                                   num_threads=int(params.get("num_threads", "0") or 0),
+                                   num_threads=image_code.cpu_threads(args),
                                    max_new_tokens=int(params.get("max_new_tokens", "20") or 20),
                                    num_beams=int(params.get("num_beams", "1") or 1))
         name = args["model_instance_name"]
-        print(f"[{name}] BLIP captioning on {device}; weights from "
-              f"{self.captioner.meta.get('source')}", flush=True)
+        print(f"[{name}] BLIP captioning on {device}, {torch.get_num_threads()} threads; "
+              f"weights from {self.captioner.meta.get('source')}", flush=True)
         if self.captioner.stand_in:
             print(f"[{name}] WARNING: serving a STAND-IN BLIP (tiny, seeded random weights): its "
                   "captions are the prompt followed by random words.", flush=True)

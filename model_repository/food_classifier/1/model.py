@@ -26,7 +26,15 @@ import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+try:  # HEIC/HEIF, the default of many phones, through the pillow-heif plugin
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    HEIF_DECODER = True
+except ImportError:  # refused with a message that says how to convert
+    HEIF_DECODER = False
 
 if TYPE_CHECKING:  # only for annotations: torch is imported where it is used
     import torch
@@ -61,8 +69,32 @@ class BadImage(ValueError):
     """An input element that is not a usable image; the message says why."""
 
 
+#: ISO base media file brands (bytes 8-12 after "ftyp") of still-image formats.
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+AVIF_BRANDS = (b"avif", b"avis")
+
+
 def _looks_like_image(data: bytes) -> bool:
-    return data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+    return (data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+            or (data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS + AVIF_BRANDS))
+
+
+def format_name(data: bytes) -> str | None:
+    """The name of a format the decoders may lack, from its first bytes (None: not one of them)."""
+    if data[4:8] == b"ftyp" and data[8:12] in AVIF_BRANDS:
+        return "AVIF"
+    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+        return "HEIC/HEIF"
+    if data.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):
+        return "JPEG XL"
+    return None
+
+
+def _unsupported(name: str) -> BadImage:
+    plugin = " (install the pillow-heif package on the server)" if name == "HEIC/HEIF" else ""
+    return BadImage(f"{name} images cannot be decoded here{plugin}: convert the photo to JPEG "
+                    "or PNG first (on a phone: share or export it as JPEG, 'Most Compatible'; "
+                    "on a computer, e.g. `magick photo.heic photo.jpg`)")
 
 
 def to_image_bytes(value) -> bytes:
@@ -89,16 +121,20 @@ def to_image_bytes(value) -> bytes:
     if decoded and _looks_like_image(decoded):
         return decoded
     if decoded:
-        raise BadImage("base64 text that does not decode to a JPEG, PNG, GIF, BMP, TIFF or WebP "
-                       "image")
+        raise BadImage("base64 text that does not decode to a JPEG, PNG, HEIC, AVIF, WebP, GIF, "
+                       "BMP or TIFF image")
     return data  # no known signature and not base64: let the decoder have the last word
 
 
 def open_image(data: bytes, min_side: int = RESIZE) -> Image.Image:
-    """Decode an encoded image to 8-bit RGB, refusing what is not a sane image.
+    """Decode an encoded image to 8-bit sRGB, upright as the photo is shown, refusing what is
+    not a sane image.
 
-    JPEGs larger than needed are decoded at a reduced scale (1/2, 1/4, 1/8) whose short side
-    is still at least `min_side`: much cheaper than decoding at full size.
+    As a photo viewer shows it: the EXIF orientation (phones store portrait photos sideways
+    with a tag that says so) is applied, and an embedded colour profile (Display P3, Adobe RGB,
+    CMYK, ...) is converted to sRGB, the colour space the networks were trained on. JPEGs larger
+    than needed are decoded at a reduced scale (1/2, 1/4, 1/8) whose short side is still at
+    least `min_side`: much cheaper than decoding at full size.
     """
     try:
         with warnings.catch_warnings():
@@ -113,10 +149,15 @@ def open_image(data: bytes, min_side: int = RESIZE) -> Image.Image:
             scale = min_side / min(width, height)
             if scale < 1:
                 img.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
-            return _to_rgb(img)
+            profile = img.info.get("icc_profile")
+            ImageOps.exif_transpose(img, in_place=True)
+            return _to_rgb(_to_srgb(img, profile))
     except BadImage:
         raise
     except UnidentifiedImageError:
+        name = format_name(data)
+        if name:
+            raise _unsupported(name) from None
         raise BadImage(f"not an image in a known format (it starts with {data[:12]!r})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning,
             OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -133,6 +174,29 @@ def decode_image(data: bytes) -> np.ndarray:
     left, top = (width - box_w) / 2, (height - box_h) / 2
     img = img.resize((CROP, CROP), Image.BILINEAR, box=(left, top, left + box_w, top + box_h))
     return np.asarray(img, dtype=np.uint8)
+
+
+_SRGB = None
+
+
+def _to_srgb(img: Image.Image, profile: bytes | None) -> Image.Image:
+    """`img` converted from its embedded ICC profile to sRGB (unchanged without one, when the
+    profile is sRGB already, or when it cannot be read: viewers then show the pixels as sRGB)."""
+    global _SRGB
+    if not profile or img.mode not in ("RGB", "RGBA", "CMYK", "L"):
+        return img
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        if "srgb" in ImageCms.getProfileDescription(source).lower().replace(" ", ""):
+            return img
+        if _SRGB is None:
+            _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+        out = ImageCms.profileToProfile(img, source, _SRGB,
+                                        outputMode="RGBA" if img.mode == "RGBA" else "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return img
+    out.info.pop("icc_profile", None)
+    return out
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -361,13 +425,59 @@ def config_parameters(args) -> dict:
     return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
 
 
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    container limited with `--cpus`), at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, int(quota) // int(period))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def instance_count(config: dict) -> int:
+    """How many instances of this model Triton runs: every group's count (per GPU it names)."""
+    total = 0
+    for group in config.get("instance_group", []):
+        gpus = len(group.get("gpus", [])) if group.get("kind") == "KIND_GPU" else 0
+        total += int(group.get("count", 1)) * max(1, gpus)
+    return max(1, total)
+
+
+def cpu_threads(args, cores: int | None = None) -> int:
+    """Threads for this instance's runtime (PyTorch or ONNX Runtime), from config.pbtxt.
+
+    `num_threads` > 0 is taken as it is. Otherwise the instance gets its share of the cores:
+    `cpu_share` (default 1) is the fraction of the machine's cores that all instances of this
+    model use together, split evenly between them (at least one thread each). Models that run
+    at the same time (the ensemble's steps) get shares that add up to at most 1, so their
+    thread pools never claim more cores than there are.
+    """
+    config = json.loads(args["model_config"])
+    params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+    explicit = int(params.get("num_threads", "0") or 0)
+    if explicit > 0:
+        return explicit
+    share = float(params.get("cpu_share", "1") or 1)
+    if not 0 < share <= 1:
+        raise ValueError(f"cpu_share must be in (0, 1], not {share}")
+    return max(1, int((cores or usable_cores()) * share) // instance_count(config))
+
+
 class TritonPythonModel:
     """Triton's entry point: one object per model instance."""
 
     def initialize(self, args):
         exit_with_server()
         params = config_parameters(args)
-        num_threads = int(params.get("num_threads", "0") or 0)
+        num_threads = cpu_threads(args)
         runtime = params.get("runtime", "torch") or "torch"
         device = instance_device(args)
         folder = os.path.dirname(os.path.abspath(__file__))

@@ -1,0 +1,99 @@
+"""Measurement windows that fit the model: a slow model measured in quick mode, on the real
+server, and perf_analyzer's "window too short" outcomes recognised and measured again."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from tritonlab import configs, perf
+
+pytestmark = pytest.mark.server
+
+SLOW_MODEL = Path(__file__).parent / "models" / "slow_model"
+
+
+@pytest.fixture(scope="module")
+def slow_model(triton):
+    """tests/models/slow_model on the session's Triton: 1 s per execution, dynamic batching."""
+    cfg = mc.ModelConfig(name="slow_model", backend="python", max_batch_size=8)
+    cfg.input.add(name="INPUT_IMAGE", data_type=mc.TYPE_STRING, dims=[1])
+    cfg.output.add(name="DONE", data_type=mc.TYPE_FP32, dims=[1])
+    configs.add_instance_groups(cfg, [{"count": 1, "kind": "KIND_CPU"}])
+    cfg.parameters["seconds"].string_value = "1.0"
+    configs.set_dynamic_batching(cfg, {"max_queue_delay_microseconds": 100_000})
+    shutil.copytree(SLOW_MODEL, triton.model_repository / "slow_model",
+                    ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    configs.write_config(cfg, triton.model_repository)
+    triton.reload_model("slow_model")
+    yield "slow_model"
+    triton.unload_model("slow_model")
+    shutil.rmtree(triton.model_repository / "slow_model", ignore_errors=True)
+
+
+def test_slow_model_is_measured_in_quick_mode(triton, slow_model, monkeypatch, capsys):
+    """About 1 infer/s at concurrency 1: a 1.5 s window would hold one request. The windows
+    are fitted to the model (probe first), each level rests on at least 10 requests."""
+    monkeypatch.setenv("TRITONLAB_QUICK", "1")
+    opts = perf.PerfSettings.for_course([1, 4, 8], quick_concurrency=[1, 4])
+    run = perf.run(triton, slow_model, "slow", opts, save=False, sample_metrics=False)
+    out = capsys.readouterr().out
+    df = run.df.set_index("concurrency")
+    assert list(df.index) == [1, 4]
+    assert "concurrency 1: about 0." in out and "ms windows (about 10 requests each)" in out
+    assert (df["measurement_ms"] > 1500).all() and (df["request count"] >= 10).all()
+    assert (df["measurement_mode"] == "time_windows").all()
+    assert 0.6 < df.loc[1, perf.THROUGHPUT] < 1.1           # one request per second or so
+    assert df.loc[4, perf.THROUGHPUT] > 2 * df.loc[1, perf.THROUGHPUT]  # batched: 4 at a time
+    assert 1.0e6 < df.loc[1, perf.P50] < 1.5e6                # microseconds
+
+
+def test_no_valid_requests_is_measured_again_with_longer_windows(triton, slow_model, capsys):
+    """Windows fixed at 300 ms (no probe) hold no finished request of a 1 s model: perf_analyzer
+    says so, and the run measures again with windows three times as long."""
+    opts = perf.PerfSettings(concurrency=[1], measurement_ms=300, max_trials=4, min_requests=3,
+                             adapt_windows=False)
+    run = perf.run(triton, slow_model, "slow, short windows", opts, save=False,
+                   sample_metrics=False)
+    out = capsys.readouterr().out
+    assert ("concurrency 1: no request finished inside a window; measuring again with 900 ms "
+            "windows") in out
+    row = run.df.iloc[0]
+    assert row["measurement_ms"] >= 900 and row["request count"] >= 1
+    assert row[perf.THROUGHPUT] > 0
+
+
+def test_windows_are_planned_from_the_rate():
+    opts = perf.PerfSettings(measurement_ms=1500, min_requests=10, stability_percent=10)
+    assert perf.plan_window(opts, 40.0) == perf.Window(1500, 10)      # fast: unchanged
+    assert perf.plan_window(opts, None) == perf.Window(1500, 10)      # unknown: unchanged
+    slow = perf.plan_window(opts, 0.5)                                 # 10 requests: 20 s
+    assert slow.ms == 20_000 and slow.stability_percent == 30
+    capped = perf.plan_window(perf.PerfSettings(min_requests=10, max_window_ms=60_000), 0.01)
+    assert capped.ms == 60_000
+
+
+def test_outcomes_that_mean_too_short_get_a_remedy():
+    opts = perf.PerfSettings(measurement_ms=1000, max_window_ms=9000)
+    window = perf.Window(1000, 10)
+    no_valid = "No valid requests recorded within time interval. Please use a larger time window."
+    step, why = perf.remedy(window, no_valid, None, opts, 1)
+    assert step.ms == 3000 and "no request finished" in why
+    step, why = perf.remedy(window, "Request count: 2", 2, opts, 1)
+    assert step.ms == 3000 and "rests on only 2 requests" in why
+    unstable = "Failed to obtain stable measurement within 10 measurement windows"
+    step, _ = perf.remedy(window, unstable, None, opts, 1)
+    assert step == perf.Window(1000, 30)
+    step, _ = perf.remedy(step, unstable, None, opts, 2)
+    assert step == perf.Window(3000, 100)
+    assert perf.remedy(perf.Window(9000, 100), unstable, None, opts, 3) is None  # at the limit
+    assert perf.remedy(window, "Connection refused", None, opts, 1) is None
+
+
+def test_request_count_is_read_from_perf_analyzers_output():
+    text = "Request concurrency: 4\n  Client: \n    Request count: 174\n    Throughput: 58 infer/s"
+    assert perf.request_count(text) == 174
+    assert perf.request_count("no summary") is None
