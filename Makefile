@@ -8,7 +8,8 @@ APT_PACKAGES := libb64-0d
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help system-deps install assets weights configs lab lab-full test serve stop status logs \
+.PHONY: help system-deps install assets weights configs lab lab-full test test-fast serve stop \
+        status logs \
         api bench jupyter lint clean
 
 help:  ## list the commands
@@ -31,7 +32,7 @@ assets: $(STAMP)  ## sample images, perf_analyzer inputs, Food-11 weights (or a 
 weights: $(STAMP)  ## fetch the Food-11 weights again (FOOD11_WEIGHTS=url|file|stand-in)
 	$(BIN)/python -m tritonlab weights
 
-configs: $(STAMP)  ## regenerate every committed config.pbtxt
+configs: $(STAMP)  ## regenerate every config.pbtxt, warm-up file and shared model-code copy
 	$(BIN)/python -m tritonlab configs
 
 lab: install  ## run every notebook headless (quick mode) on the embedded Triton
@@ -43,6 +44,9 @@ lab-full: install  ## the same with full measurement windows
 test: $(STAMP)  ## run the tests (never touches the network: stand-in weights if none are present)
 	$(BIN)/python -m tritonlab prepare --source stand-in
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## the tests that need no Triton server (seconds, not minutes)
+	$(BIN)/python -m pytest -m "not server and not notebook and not slow" $(PYTEST_ARGS)
 
 bench: install  ## speed and memory figures against the targets (prints a table, saves data/results/bench/)
 	$(BIN)/python -m tritonlab bench

@@ -1,4 +1,9 @@
-"""Shared fixtures: one real Triton server per test session, on free loopback ports."""
+"""Shared fixtures: one real Triton server per test session, on free loopback ports.
+
+A test that uses the session's server (or starts one) is marked `server` here, whatever its
+module says, so `make test-fast` (`-m "not server and not notebook and not slow"`) runs only
+the tests that need none.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,22 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tritonlab import captioning, samples, weights
-from tritonlab.models import copy_repository as make_repository  # noqa: F401 (tests import it)
-from tritonlab.models import load_model_module, model_dir
-from tritonlab.server import LocalTriton
-from tritonlab.settings import Ports, free_ports  # noqa: F401 (tests import free_ports)
+from tritonlab.assets import blip, samples, weights
+from tritonlab.assets.repository import copy_repository as make_repository
+from tritonlab.assets.repository import load_model_module, model_dir
+from tritonlab.serving.embedded import EmbeddedTriton
+from tritonlab.settings import TritonAddress, free_ports
+
+__all__ = ["free_ports", "make_repository", "tritonservers_in"]  # imported by the tests
+
+
+SERVER_FIXTURES = {"triton", "repository"}  # a real server, or a repository to start one on
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
 
 
 def tritonservers_in(state_dir: Path) -> list[psutil.Process]:
@@ -28,8 +44,8 @@ def tritonservers_in(state_dir: Path) -> list[psutil.Process]:
 @pytest.fixture(scope="session")
 def weights_ready() -> dict:
     """Weights beside the served models: kept if present, else stand-ins (never the network)."""
-    captioning.ensure_blip(source=captioning.STAND_IN, quiet=True)
-    return weights.ensure_weights(source=weights.STAND_IN, quiet=True)
+    blip.ensure_blip(source=blip.STAND_IN)
+    return weights.ensure_weights(source=weights.STAND_IN)
 
 
 @pytest.fixture(scope="session")
@@ -45,8 +61,8 @@ def repository(tmp_path_factory, weights_ready) -> Path:
 @pytest.fixture(scope="session")
 def triton(repository, tmp_path_factory):
     """The session's Triton: the real embedded server, loaded with the copied repository."""
-    server = LocalTriton(model_repository=repository, ports=Ports(*free_ports()),
-                         state_dir=tmp_path_factory.mktemp("state"), quiet=True)
+    server = EmbeddedTriton(model_repository=repository, address=TritonAddress.free(),
+                            state_dir=tmp_path_factory.mktemp("state"))
     server.start()
     yield server
     server.stop()
@@ -55,11 +71,29 @@ def triton(repository, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def classifier_code():
-    """The served model.py, imported in-process."""
+    """The served model.py, imported in-process as Triton's Python backend imports it."""
     return load_model_module("food_classifier")
 
 
 @pytest.fixture(scope="session")
-def reference(classifier_code, weights_ready):
+def decoding(classifier_code):
+    """food_classifier's image_decoding.py, as the served model uses it."""
+    return classifier_code.image_decoding
+
+
+@pytest.fixture(scope="session")
+def network(classifier_code):
+    """food_classifier's food11_network.py, as the served model uses it."""
+    return classifier_code.food11_network
+
+
+@pytest.fixture(scope="session")
+def helpers(classifier_code):
+    """food_classifier's backend_helpers.py, as the served model uses it."""
+    return classifier_code.backend_helpers
+
+
+@pytest.fixture(scope="session")
+def reference(network, weights_ready):
     """The same code and weights as the served model, run in-process: the expected answers."""
-    return classifier_code.Food11Classifier(str(model_dir("food_classifier")))
+    return network.Food11Classifier(str(model_dir("food_classifier")))

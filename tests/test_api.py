@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tritonlab import api, captioning
-from tritonlab.models import classifier_module
+from tritonlab import api
+from tritonlab.assets import blip
+from tritonlab.assets.repository import network
 
 from .conftest import free_ports
 
@@ -41,9 +42,9 @@ def test_predict_returns_label_probability_caption(endpoint, images):
     resp = post(endpoint, images[0].name, images[0].read_bytes())
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert body["label"] in classifier_module().LABELS
+    assert body["label"] in network().LABELS
     assert 0 < body["probability"] <= 1
-    assert body["caption"].startswith(captioning.code().prompt_for(body["label"]))
+    assert body["caption"].startswith(blip.code().prompt_for(body["label"]))
 
 
 @pytest.mark.parametrize("name,data,status", [

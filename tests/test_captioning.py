@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from tritonlab import captioning
-from tritonlab.models import model_dir
+from tritonlab.assets import blip
+from tritonlab.assets.repository import model_dir
 
 
 @pytest.fixture(scope="module")
 def code():
-    return captioning.code()
+    return blip.code()
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +40,12 @@ def test_mixed_labels_caption_as_each_would_alone(captioner, images):
     alone = [captioner.caption([img], [label])[0] for img, label in zip(decoded, labels)]
     assert together == alone
     tokenizer = captioner.processor.tokenizer
-    lengths = {len(tokenizer(captioning.code().prompt_for(lb))["input_ids"]) for lb in labels}
+    lengths = {len(tokenizer(blip.code().prompt_for(lb))["input_ids"]) for lb in labels}
     assert len(lengths) > 1, "the test needs prompts of different lengths"
 
 
 def test_stand_in_is_local_and_says_so(tmp_path, code):
-    meta = captioning.ensure_blip(tmp_path, source=captioning.STAND_IN, quiet=True)
+    meta = blip.ensure_blip(tmp_path, source=blip.STAND_IN)
     assert meta["stand_in"] is True
     saved = json.loads((tmp_path / code.WEIGHTS_META).read_text())
     assert saved == meta
@@ -57,7 +57,7 @@ def test_stand_in_is_local_and_says_so(tmp_path, code):
 
 def test_unreachable_source_falls_back_to_the_stand_in(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing may leave this machine
-    meta = captioning.ensure_blip(tmp_path, source="no-such-org/no-such-model")
+    meta = blip.ensure_blip(tmp_path, source="no-such-org/no-such-model")
     assert meta["stand_in"] is True
     out = capsys.readouterr().out
     assert "Could not fetch BLIP" in out and "RANDOM" in out

@@ -6,7 +6,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from tritonlab import configs, settings
+from tritonlab import settings
+from tritonlab.assets import repository
+from tritonlab.serving import configs
 
 
 def test_committed_configs_are_what_the_code_builds():
@@ -103,33 +105,58 @@ def test_an_ensemble_with_warmup_is_refused_as_triton_would():
         configs.validate(cfg)
 
 
-def _threads(code, cfg, cores: int) -> int:
+def _threads(helpers, cfg, cores: int) -> int:
     """The threads `model.py` gives each instance of `cfg` on a machine with `cores` cores."""
-    return code.cpu_threads({"model_config": configs.to_json(cfg)}, cores=cores)
+    return helpers.cpu_threads({"model_config": configs.to_json(cfg)}, cores=cores)
 
 
 @pytest.mark.parametrize("cores", [1, 2, 3, 4, 8, 16, 48])
-def test_served_thread_pools_never_claim_more_cores_than_there_are(classifier_code, cores):
+def test_served_thread_pools_never_claim_more_cores_than_there_are(helpers, cores):
     """The models that run at once (the ensemble's steps, all their instances) together get at
     most the machine's cores, or one thread per instance where there are more instances."""
     steps = configs.ensemble_steps(split=True)
     instances = sum(g.count for cfg in steps.values() for g in cfg.instance_group)
-    claimed = sum(_threads(classifier_code, cfg, cores) * sum(g.count for g in cfg.instance_group)
+    claimed = sum(_threads(helpers, cfg, cores) * sum(g.count for g in cfg.instance_group)
                   for cfg in steps.values())
     assert claimed <= max(cores, instances)
     assert configs.course_configs()["food_classifier"] == steps["food_classifier"]
     unsplit = configs.ensemble_steps(split=False)  # the lesson's counter-example: every core each
-    assert sum(_threads(classifier_code, cfg, cores) for cfg in unsplit.values()) == 2 * cores
+    assert sum(_threads(helpers, cfg, cores) for cfg in unsplit.values()) == 2 * cores
 
 
-def test_threads_per_instance_follow_the_config(classifier_code):
+def test_threads_per_instance_follow_the_config(helpers):
     two = configs.classifier_config(instances=2)
-    assert _threads(classifier_code, two, 8) == 4                      # cpu_share 1, 2 instances
-    assert _threads(classifier_code, configs.classifier_config(cpu_share=0.5), 8) == 4
-    assert _threads(classifier_code, configs.classifier_config(num_threads=3), 8) == 3
-    assert _threads(classifier_code, configs.classifier_config(instances=4), 2) == 1  # at least 1
+    assert _threads(helpers, two, 8) == 4                      # cpu_share 1, 2 instances
+    assert _threads(helpers, configs.classifier_config(cpu_share=0.5), 8) == 4
+    assert _threads(helpers, configs.classifier_config(num_threads=3), 8) == 3
+    assert _threads(helpers, configs.classifier_config(instances=4), 2) == 1  # at least 1
     gpus = configs.classifier_config(instance_groups=[
         {"count": 2, "kind": "KIND_GPU", "gpus": [0, 1]}])             # 2 per GPU: 4 instances
-    assert _threads(classifier_code, gpus, 16) == 4
+    assert _threads(helpers, gpus, 16) == 4
     with pytest.raises(configs.ConfigError, match="cpu_share"):
         configs.classifier_config(cpu_share=1.5)
+
+
+def test_shared_model_code_copies_are_what_make_configs_writes():
+    """conditional_captioning carries generated copies of food_classifier's shared files: each
+    starts with its banner and holds the source exactly."""
+    copies = repository.shared_code()
+    assert {p.name for p in copies} == {"image_decoding.py", "backend_helpers.py"}
+    for path, text in copies.items():
+        assert path.read_text() == text, f"{path} is stale: run `make configs`"
+        assert text.startswith("# GENERATED FILE: a copy of model_repository/food_classifier/1/")
+
+
+def test_model_files_teach_the_backend_contract():
+    """Each model.py holds the Python backend's contract in about a hundred lines; the work is
+    in the files beside it, and no model reaches into another model's folder."""
+    for name in ("food_classifier", "conditional_captioning"):
+        folder = repository.model_dir(name, repository=settings.MODEL_REPOSITORY)
+        text = (folder / "model.py").read_text()
+        assert len(text.splitlines()) <= 110, f"{name}/1/model.py has grown past ~100 lines"
+        for method in ("def initialize(self, args)", "def execute(self, requests)",
+                       "def finalize(self)"):
+            assert method in text, f"{name}: {method}"
+        for path in folder.glob("*.py"):  # imports by file path, or paths out of the folder
+            code = path.read_text()
+            assert "spec_from_file_location" not in code and '".."' not in code, path

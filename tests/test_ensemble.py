@@ -8,7 +8,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tritonlab import captioning, configs
+from tritonlab.assets import blip
+from tritonlab.serving import configs
 
 pytestmark = pytest.mark.server
 
@@ -35,7 +36,7 @@ def test_several_images_in_one_request(triton, images, reference, protocol):
     assert len(answers) == 4
     for (label, prob, caption), (want_label, want_prob) in zip(answers, want):
         assert label == want_label and prob == pytest.approx(want_prob, abs=1e-4)
-        assert caption.startswith(captioning.code().prompt_for(label))
+        assert caption.startswith(blip.code().prompt_for(label))
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

@@ -16,12 +16,11 @@ import pytest
 import requests
 import yaml
 
-from tritonlab import configs, settings
-from tritonlab.docker_server import KEY_HEADER, DockerTriton, restriction_flags
-from tritonlab.server import LocalTriton, choose_mode, get_server
-from tritonlab.settings import Ports
-
-from .conftest import free_ports
+from tritonlab import settings
+from tritonlab.serving import ServerError, choose_mode, configs, get_server
+from tritonlab.serving.docker import KEY_HEADER, DockerTriton, restriction_flags
+from tritonlab.serving.embedded import EmbeddedTriton
+from tritonlab.settings import TritonAddress
 
 NOTEBOOK_00 = settings.NOTEBOOKS / "00_gpu_node.ipynb"
 
@@ -100,36 +99,88 @@ def test_node_setup_script_is_valid_bash_with_each_step():
         assert f"\n{step}() {{" in text, f"notebook 00 runs a step the script lacks: {step}"
 
 
-def test_docker_run_command(tmp_path):
-    triton = DockerTriton(model_repository=tmp_path, host_repository="/home/cc/tritonlab/models",
-                          host="triton", key="k3y")
-    cmd = triton.run_command(["*"])
-    assert cmd[:4] == ["docker", "run", "-d", "--name"]
-    assert cmd[cmd.index("--gpus") + 1] == "all"
-    assert cmd[cmd.index("--network") + 1] == "tritonlab"
-    published = [cmd[i + 1] for i, c in enumerate(cmd) if c == "-p"]
-    assert published == ["127.0.0.1:8000:8000", "127.0.0.1:8001:8001", "127.0.0.1:8002:8002"]
-    assert cmd[cmd.index("-v") + 1] == "/home/cc/tritonlab/models:/models"
-    image_at = cmd.index("tritonlab-triton")
-    server_args = cmd[image_at + 1:]
-    assert server_args[:3] == ["tritonserver", "--model-repository=/models",
-                               "--model-control-mode=explicit"]
-    assert "--load-model=*" in server_args
-    assert f"--http-restricted-api=model-repository,model-config:{KEY_HEADER}=k3y" in server_args
-    assert triton.http_url == "triton:8000" and triton.api_headers == {KEY_HEADER: "k3y"}
-    assert triton.stop_command(10) == ["docker", "stop", "-t", "10", "triton"]
-    assert triton.remove_command() == ["docker", "rm", "-f", "triton"]
+FAKE_DOCKER = """#!/bin/sh
+# A stand-in for the docker CLI: records each call, answers as Docker would for a container
+# named triton (running), or says it does not exist when NO_CONTAINER is set.
+echo "$*" >> "$DOCKER_CALLS"
+if [ -n "$NO_CONTAINER" ]; then
+  echo "Error response from daemon: No such container: triton" >&2; exit 1
+fi
+case "$1 $3" in
+  "inspect {{.State.Running}}") echo true ;;
+  "inspect {{.State.StartedAt}}") echo 2026-11-29T12:00:00Z ;;
+  "inspect {{.State.ExitCode}}") echo 0 ;;
+  "logs "*) echo "I1129 model_lifecycle.cc] successfully loaded 'food_classifier'" ;;
+esac
+"""
 
 
-def test_docker_flags_exist_in_this_tritonserver():
-    """The flags the container gets are flags of server 2.51 (the same binary as NGC 24.10)."""
-    server = LocalTriton()
+@pytest.fixture()
+def fake_docker(tmp_path, monkeypatch):
+    """A `docker` executable that records its calls (one line each) in a file."""
+    path = tmp_path / "docker"
+    path.write_text(FAKE_DOCKER)
+    path.chmod(0o755)
+    calls = tmp_path / "calls"
+    calls.touch()
+    monkeypatch.setenv("DOCKER_CALLS", str(calls))
+    return path, calls
+
+
+def compose_triton_command() -> list[str]:
+    compose = yaml.safe_load((settings.ROOT / "compose.yaml").read_text())
+    return compose["services"]["triton"]["command"]
+
+
+def test_compose_server_flags_exist_in_this_tritonserver():
+    """The container's flags (compose.yaml, their one home) are flags of server 2.51, the
+    same binary as NGC 24.10; the restriction flags are those `restriction_flags` builds."""
+    server = EmbeddedTriton()
     out = subprocess.run([str(server.binary()), "--help"], capture_output=True, text=True,
                          env=server._environment())
     usage = out.stdout + out.stderr
-    cmd = DockerTriton(key="k").run_command(["*"])
-    for arg in cmd[cmd.index("tritonserver") + 1:]:
+    command = compose_triton_command()
+    assert command[0] == "tritonserver"
+    for arg in command[1:]:
         assert arg.split("=")[0] in usage, arg
+    key = "${TRITONLAB_API_KEY:?set TRITONLAB_API_KEY in .env}"
+    assert set(restriction_flags(key)) <= set(command)
+
+
+@pytest.mark.server
+def test_docker_mode_drives_the_compose_container(triton, fake_docker):
+    """start, readiness, logs and stop go to the compose file's container by name; Triton is
+    reached at TRITON_URL (here the session's real server stands in for the container)."""
+    docker, calls = fake_docker
+    server = DockerTriton(model_repository=triton.model_repository, address=triton.address,
+                          key="k3y", docker=str(docker))
+    assert server.api_headers == {KEY_HEADER: "k3y"}
+    assert server.start() >= 0
+    assert server.is_running() and server.is_ready()
+    assert "successfully loaded 'food_classifier'" in server.logs()
+    server.stop(timeout=20)
+    recorded = calls.read_text().splitlines()
+    assert recorded[0] == "start triton"
+    assert "logs --since 2026-11-29T12:00:00Z triton" in recorded
+    assert recorded[-1] == "stop -t 20 triton"
+    assert not any(line.startswith(("run", "rm", "create")) for line in recorded)
+
+
+def test_docker_mode_says_how_to_create_a_missing_container(fake_docker, monkeypatch):
+    docker, calls = fake_docker
+    monkeypatch.setenv("NO_CONTAINER", "1")
+    server = DockerTriton(key="k", docker=str(docker))
+    with pytest.raises(ServerError, match="gpu_node_setup.sh containers"):
+        server.start(timeout=5)
+    assert not server.is_running()
+
+
+def test_docker_mode_reaches_triton_at_triton_url_on_any_port(monkeypatch):
+    """Inside the compose network the address is TRITON_URL, whatever the host publishes."""
+    monkeypatch.setenv("TRITON_URL", "http://triton:9000")
+    server = DockerTriton(key="k")
+    assert (server.http_url, server.grpc_url) == ("triton:9000", "triton:9001")
+    assert server.metrics_url == "http://triton:9002/metrics"
 
 
 DOCKER_INSTRUCTIONS = {"FROM", "RUN", "COPY", "ADD", "WORKDIR", "ENV", "EXPOSE", "CMD", "VOLUME",
@@ -178,13 +229,13 @@ def test_compose_publishes_on_loopback_and_gives_gpus_to_triton():
     jupyter = services["jupyter"]
     assert "/var/run/docker.sock:/var/run/docker.sock" in jupyter["volumes"]
     assert jupyter["environment"]["TRITONLAB_MODE"] == "docker"
-    assert jupyter["environment"]["TRITON_URL"] == "triton:8000"
+    assert jupyter["environment"]["TRITON_URL"] == "http://triton:8000"
 
 
 def test_mode_detection(monkeypatch):
     monkeypatch.delenv("TRITONLAB_MODE", raising=False)
     assert choose_mode()[0] == "embedded"
-    assert isinstance(get_server(), LocalTriton)
+    assert isinstance(get_server(), EmbeddedTriton)
     monkeypatch.setenv("TRITONLAB_MODE", "docker")
     assert isinstance(get_server(key="k"), DockerTriton)
     monkeypatch.setenv("TRITONLAB_MODE", "kubernetes")
@@ -196,8 +247,8 @@ def test_mode_detection(monkeypatch):
 def test_restricted_model_control_refuses_a_load_without_the_key(tmp_path, repository):
     """The same restriction flags as the container, on the real server."""
     key = "course-key"
-    server = LocalTriton(repository, ports=Ports(*free_ports()), state_dir=tmp_path, quiet=True,
-                         extra_args=restriction_flags(key))
+    server = EmbeddedTriton(repository, address=TritonAddress.free(), state_dir=tmp_path,
+                            extra_args=restriction_flags(key))
     server.api_headers = {KEY_HEADER: key}
     try:
         server.start(models=["food_classifier"])

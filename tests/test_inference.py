@@ -11,7 +11,7 @@ import requests
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tritonlab import clients, configs
+from tritonlab.serving import clients, configs
 
 pytestmark = pytest.mark.server
 

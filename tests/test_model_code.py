@@ -22,12 +22,12 @@ def photo(images) -> Image.Image:
     return Image.open(images[0]).convert("RGB")
 
 
-def test_raw_and_base64_forms_decode_the_same(classifier_code, images):
+def test_raw_and_base64_forms_decode_the_same(decoding, images):
     raw = images[0].read_bytes()
     b64 = base64.b64encode(raw)
     forms = [raw, b64, b64.decode(), b"data:image/jpeg;base64," + b64,
              b64[:40] + b"\n" + b64[40:]]
-    arrays = [classifier_code.decode_image(classifier_code.to_image_bytes(f)) for f in forms]
+    arrays = [decoding.decode_image(decoding.to_image_bytes(f)) for f in forms]
     for arr in arrays:
         assert arr.shape == (224, 224, 3) and arr.dtype == np.uint8
         assert np.array_equal(arr, arrays[0])
@@ -36,37 +36,37 @@ def test_raw_and_base64_forms_decode_the_same(classifier_code, images):
 @pytest.mark.parametrize("mode,fmt", [("L", "PNG"), ("RGBA", "PNG"), ("CMYK", "JPEG"),
                                       ("P", "GIF"), ("RGB", "BMP"), ("RGB", "WEBP"),
                                       ("RGB", "TIFF"), ("I;16", "PNG")])
-def test_unusual_but_valid_images_decode(classifier_code, photo, mode, fmt):
+def test_unusual_but_valid_images_decode(decoding, photo, mode, fmt):
     if mode == "I;16":
         grey = np.asarray(photo.convert("L"), dtype=np.uint16) * 257
         img = Image.fromarray(grey)
         assert img.mode == "I;16"
     else:
         img = photo.convert(mode)
-    arr = classifier_code.decode_image(classifier_code.to_image_bytes(encode(img, fmt)))
+    arr = decoding.decode_image(decoding.to_image_bytes(encode(img, fmt)))
     assert arr.shape == (224, 224, 3)
     assert 20 < arr.mean() < 235, "decoded to a blank image"
 
 
-def test_alpha_is_composited_over_white(classifier_code):
+def test_alpha_is_composited_over_white(decoding):
     clear = Image.new("RGBA", (300, 300), (0, 0, 0, 0))
-    arr = classifier_code.decode_image(encode(clear, "PNG"))
+    arr = decoding.decode_image(encode(clear, "PNG"))
     assert arr.min() == 255
 
 
-def test_tiny_image_is_upscaled(classifier_code):
-    arr = classifier_code.decode_image(encode(Image.new("RGB", (1, 1), (10, 200, 30)), "PNG"))
+def test_tiny_image_is_upscaled(decoding):
+    arr = decoding.decode_image(encode(Image.new("RGB", (1, 1), (10, 200, 30)), "PNG"))
     assert arr.shape == (224, 224, 3) and tuple(arr[100, 100]) == (10, 200, 30)
 
 
-def test_resize_matches_resize_then_centre_crop(classifier_code):
+def test_resize_matches_resize_then_centre_crop(decoding):
     """One-pass box resampling equals torchvision's Resize(256) + CenterCrop(224) closely."""
     from torchvision import transforms
 
     rng = np.random.default_rng(0)
     noise = Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
     img = noise.filter(ImageFilter.GaussianBlur(3))
-    ours = classifier_code.decode_image(encode(img, "PNG")).astype(float)
+    ours = decoding.decode_image(encode(img, "PNG")).astype(float)
     ref = np.asarray(transforms.CenterCrop(224)(transforms.Resize(256)(img))).astype(float)
     assert np.abs(ours - ref).mean() < 3.0
 
@@ -77,18 +77,18 @@ def test_resize_matches_resize_then_centre_crop(classifier_code):
     (b"\x00\x01\x02" * 50, "not an image"),
     (base64.b64encode(b"base64 of text"), "base64 text that does not decode"),
 ])
-def test_not_images_are_refused_with_a_reason(classifier_code, data, reason):
-    with pytest.raises(classifier_code.BadImage, match=reason):
-        classifier_code.decode_image(classifier_code.to_image_bytes(data))
+def test_not_images_are_refused_with_a_reason(decoding, data, reason):
+    with pytest.raises(decoding.BadImage, match=reason):
+        decoding.decode_image(decoding.to_image_bytes(data))
 
 
-def test_truncated_jpeg_is_refused(classifier_code, images):
+def test_truncated_jpeg_is_refused(decoding, images):
     data = images[0].read_bytes()
-    with pytest.raises(classifier_code.BadImage, match="cannot decode"):
-        classifier_code.decode_image(classifier_code.to_image_bytes(data[: len(data) // 3]))
+    with pytest.raises(decoding.BadImage, match="cannot decode"):
+        decoding.decode_image(decoding.to_image_bytes(data[: len(data) // 3]))
 
 
-def test_decompression_bomb_is_refused_before_decoding(classifier_code):
+def test_decompression_bomb_is_refused_before_decoding(decoding):
     """A PNG whose header claims 100000 x 100000 pixels."""
     import zlib
 
@@ -97,18 +97,18 @@ def test_decompression_bomb_is_refused_before_decoding(classifier_code):
     chunk = b"IHDR" + ihdr
     bomb = small[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) \
         + small[33:]
-    with pytest.raises(classifier_code.BadImage, match="pixels"):
-        classifier_code.decode_image(classifier_code.to_image_bytes(bomb))
+    with pytest.raises(decoding.BadImage, match="pixels"):
+        decoding.decode_image(decoding.to_image_bytes(bomb))
 
 
-def test_oversized_upload_is_refused(classifier_code):
-    with pytest.raises(classifier_code.BadImage, match="larger than the limit"):
-        too_big = b"\xff\xd8\xff" + b"\x00" * classifier_code.MAX_ENCODED_BYTES
-        classifier_code.to_image_bytes(too_big)
+def test_oversized_upload_is_refused(decoding):
+    with pytest.raises(decoding.BadImage, match="larger than the limit"):
+        too_big = b"\xff\xd8\xff" + b"\x00" * decoding.MAX_ENCODED_BYTES
+        decoding.to_image_bytes(too_big)
 
 
-def test_softmax_probabilities(reference, images, classifier_code):
-    batch = np.stack([classifier_code.decode_image(p.read_bytes()) for p in images])
+def test_softmax_probabilities(reference, images, decoding):
+    batch = np.stack([decoding.decode_image(p.read_bytes()) for p in images])
     idx, prob = reference.predict(batch)
     assert idx.shape == prob.shape == (len(images),)
     assert np.all((prob > 1 / 11 - 1e-6) & (prob <= 1))
@@ -117,23 +117,23 @@ def test_softmax_probabilities(reference, images, classifier_code):
     assert one_idx[0] == idx[2] and one_prob[0] == pytest.approx(prob[2], abs=1e-5)
 
 
-def test_normalise_matches_the_torch_preprocessing(classifier_code):
+def test_normalise_matches_the_torch_preprocessing(network):
     """The NumPy path (ONNX Runtime) and the PyTorch path feed the network the same numbers."""
     import torch
 
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, size=(3, 224, 224, 3), dtype=np.uint8)
-    x = classifier_code.normalise(images)
+    x = network.normalise(images)
     assert x.shape == (3, 3, 224, 224) and x.dtype == np.float32 and x.flags.c_contiguous
-    mean = torch.tensor(classifier_code.MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(classifier_code.STD).view(1, 3, 1, 1)
+    mean = torch.tensor(network.MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(network.STD).view(1, 3, 1, 1)
     expected = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
     np.testing.assert_allclose(x, expected.numpy(), atol=2e-6)
 
 
 
 def test_food11_images_are_found_in_any_layout(tmp_path, images):
-    from tritonlab import samples
+    from tritonlab.assets import samples
 
     assert samples.food11_images(folder=tmp_path / "absent") == []
     for i in range(10):

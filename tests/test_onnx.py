@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tritonlab import clients, configs, onnx_export, weights
+from tritonlab.assets import onnx_export, weights
+from tritonlab.serving import clients, configs
 
 
 @pytest.fixture(scope="module")
@@ -34,22 +35,22 @@ def test_export_has_a_dynamic_batch_axis(exported, classifier_code):
 def test_onnx_matches_pytorch_on_the_samples(exported, images):
     """Labels equal and probabilities within 1e-4 on the samples and on any real Food-11
     photos in data/food11/ (none in CI)."""
-    from tritonlab import samples
+    from tritonlab.assets import samples
 
     check = onnx_export.compare(images + samples.food11_images(), exported)
     assert (check["PyTorch label"] == check["ONNX Runtime label"]).all()
     assert check["abs difference"].max() < 1e-4
 
 
-def test_stale_export_is_refused(tmp_path, exported, classifier_code):
+def test_stale_export_is_refused(tmp_path, exported, network):
     weights.copy_weights(exported, tmp_path)
     for name in ("food11.onnx", "food11.onnx.json"):
         (tmp_path / name).write_bytes((exported / name).read_bytes())
     torch.manual_seed(3)
-    weights.save_weights(classifier_code.build_network().state_dict(), tmp_path, "other",
+    weights.save_weights(network.build_network().state_dict(), tmp_path, "other",
                          stand_in=True)
     with pytest.raises(ValueError, match="not exported from the current weights"):
-        classifier_code.Food11Classifier(str(tmp_path), runtime="onnxruntime")
+        network.Food11Classifier(str(tmp_path), runtime="onnxruntime")
 
 
 @pytest.mark.server
@@ -67,7 +68,7 @@ def test_served_with_onnxruntime_inside_the_python_backend(triton, exported, ima
 
 
 def test_onnxruntime_backend_config_for_the_gpu_node():
-    cfg = onnx_export.onnxruntime_backend_config(
+    cfg = configs.onnxruntime_backend_config(
         instance_groups=[{"count": 1, "kind": "KIND_GPU", "gpus": [0]},
                          {"count": 1, "kind": "KIND_GPU", "gpus": [1]}], tensorrt=True, fp16=True)
     configs.validate(cfg, gpu_count=2)
@@ -82,10 +83,11 @@ def test_onnxruntime_path_does_not_import_torch(exported):
     """The ONNX Runtime variant's model process must not pay for importing PyTorch."""
     code = textwrap.dedent(f"""
         import sys
-        from tritonlab.models import load_model_module
+        from tritonlab.assets.repository import load_model_module
         mod = load_model_module("food_classifier")
-        model = mod.Food11Classifier({str(exported)!r}, runtime="onnxruntime", num_threads=1)
-        idx, prob = model.predict(mod.np.zeros((2, 224, 224, 3), dtype=mod.np.uint8))
+        net = mod.food11_network
+        model = net.Food11Classifier({str(exported)!r}, runtime="onnxruntime", num_threads=1)
+        idx, prob = model.predict(net.np.zeros((2, 224, 224, 3), dtype=net.np.uint8))
         assert len(idx) == 2 and (prob > 0).all()
         print("torch" in sys.modules)
     """)
@@ -96,7 +98,7 @@ def test_onnxruntime_path_does_not_import_torch(exported):
 
 
 def test_stage_times_cover_both_runtimes(exported):
-    from tritonlab import stages
+    from tritonlab.measuring import stages
 
     df = stages.measure(["torch", "onnxruntime"], batch=2, repeats=1, folder=exported)
     assert list(df["runtime"].unique()) == ["torch", "onnxruntime"]

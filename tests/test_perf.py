@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import requests
 
-from tritonlab import configs, deploy, metrics, perf, results
+from tritonlab.measuring import metrics, perf, reports, results
+from tritonlab.serving import configs, deploy
 
 pytestmark = pytest.mark.server
 
@@ -39,9 +40,9 @@ def test_run_measures_saves_and_samples_metrics(triton, results_dir):
     run = perf.run(triton, "food_classifier", "test baseline", QUICK, notes="test")
     df = run.df
     assert list(df["concurrency"]) == [1, 2]  # ordered by concurrency, whatever was asked
-    assert (df[perf.THROUGHPUT] > 0).all()
-    assert (df[perf.P95] >= df[perf.P50]).all()
-    for column in perf.BREAKDOWN + [perf.P99, "client send (us)"]:
+    assert (df[results.THROUGHPUT] > 0).all()
+    assert (df[results.P95] >= df[results.P50]).all()
+    for column in results.BREAKDOWN + [results.P99, "client send (us)"]:
         assert column in df.columns
     saved = json.loads(run.path.read_text())
     meta = saved["meta"]
@@ -53,14 +54,14 @@ def test_run_measures_saves_and_samples_metrics(triton, results_dir):
     import pandas as pd
 
     csv = pd.read_csv(run.path.with_suffix(".csv"))
-    assert list(csv["concurrency"]) == [1, 2] and perf.THROUGHPUT in csv.columns
+    assert list(csv["concurrency"]) == [1, 2] and results.THROUGHPUT in csv.columns
     assert not run.metrics.empty and run.metrics["requests/s"].max() > 0
     assert run.metrics["failed requests"].sum() == 0
     table = results.table()
     assert set(table["variant"]) == {"test baseline"}
     latest = results.latest("test baseline")
     assert latest is not None and latest[1] == run.path
-    story = perf.explain_queue(df)
+    story = reports.explain_queue(df)
     assert "concurrency 1" in story and "concurrency 2" in story
 
 
@@ -79,12 +80,11 @@ def test_bad_input_file_gives_a_clear_error(triton, results_dir, tmp_path):
 
 
 def test_stopped_server_is_reported_before_running(repository, tmp_path):
-    from tritonlab.server import LocalTriton
-    from tritonlab.settings import Ports
+    from tritonlab.serving.embedded import EmbeddedTriton
+    from tritonlab.settings import TritonAddress
 
-    from .conftest import free_ports
 
-    down = LocalTriton(repository, ports=Ports(*free_ports()), state_dir=tmp_path, quiet=True)
+    down = EmbeddedTriton(repository, address=TritonAddress.free(), state_dir=tmp_path)
     with pytest.raises(perf.PerfError, match="not ready"):
         perf.run(down, "food_classifier", "x", QUICK)
 
@@ -93,9 +93,9 @@ def test_winners_and_relative_table(results_dir):
     import pandas as pd
 
     df = pd.DataFrame({"variant": ["a", "a", "b", "b"], "concurrency": [1, 8, 1, 8],
-                       perf.THROUGHPUT: [10.0, 12.0, 9.0, 30.0],
-                       perf.P95: [50e3, 400e3, 60e3, 200e3]})
-    win = results.winners(df).set_index("concurrency")
+                       results.THROUGHPUT: [10.0, 12.0, 9.0, 30.0],
+                       results.P95: [50e3, 400e3, 60e3, 200e3]})
+    win = reports.winners(df).set_index("concurrency")
     assert win.loc[1, "highest throughput"].startswith("a (10.0")
     assert win.loc[8, "highest throughput"].startswith("b (30.0")
     assert win.loc[8, "lowest p95 latency"] == "b (200 ms)"
@@ -162,7 +162,7 @@ def test_invalid_config_is_refused_before_anything_is_written(triton):
 
 
 def test_bench_verdicts_compare_against_the_targets():
-    from tritonlab import bench
+    from tritonlab.measuring import bench
 
     figures = {"baseline_c8": {"throughput": 30.0, "p95_ms": 300.0},
                "fastest_c8": {"throughput": 95.0, "p95_ms": 120.0},
@@ -197,7 +197,7 @@ def test_bench_verdicts_compare_against_the_targets():
 
 def test_load_run_counts_requests_and_memory_on_the_real_server(triton):
     """The load figure of `make bench`, shortened to a few seconds: Triton's own counters."""
-    from tritonlab import bench
+    from tritonlab.measuring import bench
 
     deploy.restore_baseline(triton)
     load = bench.load_run(triton, "food_classifier", concurrency=4, seconds=3)
@@ -222,21 +222,22 @@ def test_compare_and_explain_tell_the_measured_story(triton):
                            sample_metrics=False).df
     finally:
         deploy.restore_baseline(triton)
-    text = perf.compare(base, batched)
-    ratio = batched.iloc[1][perf.THROUGHPUT] / base.iloc[1][perf.THROUGHPUT]
+    text = reports.compare(base, batched)
+    ratio = batched.iloc[1][results.THROUGHPUT] / base.iloc[1][results.THROUGHPUT]
     assert text.startswith("batched against baseline:")
-    assert f"concurrency 4: {base.iloc[1][perf.THROUGHPUT]:.1f} -> " in text
+    assert f"concurrency 4: {base.iloc[1][results.THROUGHPUT]:.1f} -> " in text
     assert f"({ratio:.2f}x)" in text
-    story = results.explain(pd.concat([base, batched], ignore_index=True))
+    story = reports.explain(pd.concat([base, batched], ignore_index=True))
     assert story.startswith(f"batched: {ratio:.2f}x the baseline's throughput at concurrency 4")
-    assert story.endswith(("queue (one execution now serves several requests, or executions "
-                           "run side by side).", "less time in the model.", "queued longer.",
-                           "in the queue.", "in the model."))
-    assert results.explain(batched).startswith("no 'baseline' run saved")
+    b, a = base.iloc[1], batched.iloc[1]
+    queue = (a["server queue (us)"] - b["server queue (us)"]) / 1000
+    compute = (a["server compute infer (us)"] - b["server compute infer (us)"]) / 1000
+    assert f"queue {queue:+.1f} ms and model compute {compute:+.1f} ms per request:" in story
+    assert reports.explain(batched).startswith("no 'baseline' run saved")
     mixed = pd.concat([base.assign(model="food_classifier"),
                        batched.assign(model="food_classifier"),
                        batched.assign(variant="ensemble", model="food_captioning")])
-    assert "ensemble" not in results.explain(mixed)  # other models are not compared
+    assert "ensemble" not in reports.explain(mixed)  # other models are not compared
 
 
 def test_unstable_measurement_is_retried_looser_and_says_so(triton, capsys):
@@ -250,4 +251,48 @@ def test_unstable_measurement_is_retried_looser_and_says_so(triton, capsys):
     row = run.df.iloc[0]
     assert row["stability_percent"] in (30, 100)
     assert row["measurement_ms"] == (1000 if row["stability_percent"] == 30 else 3000)
-    assert row[perf.THROUGHPUT] > 0
+    assert row[results.THROUGHPUT] > 0
+
+
+def _row(variant, throughput, queue_ms, compute_ms, p95_ms=100.0):
+    return {"variant": variant, "concurrency": 8, results.THROUGHPUT: throughput,
+            "server queue (us)": queue_ms * 1000, "server compute infer (us)": compute_ms * 1000,
+            results.P95: p95_ms * 1000}
+
+
+@pytest.mark.parametrize("variant,cause", [
+    (_row("less queue", 60.0, 20.0, 30.0), "mostly less waiting in the queue"),
+    (_row("less compute", 60.0, 95.0, 10.0), "mostly less time in the model"),
+    (_row("slower executions", 20.0, 150.0, 45.0), "each execution took 3.0x as long"),
+    (_row("more queue", 35.0, 130.0, 16.0), "more waiting in the queue"),
+    (_row("more compute", 35.0, 101.0, 20.0), "more time in the model"),
+])
+def test_explain_names_the_cause_its_numbers_show(variant, cause):
+    """Baseline: 40 infer/s, 100 ms queued, 15 ms of compute per request."""
+    df = pd.DataFrame([_row("baseline", 40.0, 100.0, 15.0), variant])
+    story = reports.explain(df)
+    assert story.startswith(f"{variant['variant']}: ") and f": {cause}" in story, story
+
+
+def _saved_run(variant: str, date: str, throughput: float) -> results.PerfRun:
+    df = pd.DataFrame([{"variant": variant, "concurrency": 1, results.THROUGHPUT: throughput}])
+    return results.PerfRun(df=df, meta={"variant": variant, "date": date,
+                                         "model": "food_classifier"},
+                           raw={}, metrics=pd.DataFrame())
+
+
+def test_results_table_keeps_each_variants_newest_run_and_skips_a_corrupt_file(results_dir,
+                                                                              capsys):
+    for variant, date, throughput in (("a", "2026-11-01T10:00:00+00:00", 10.0),
+                                      ("a", "2026-11-02T10:00:00+00:00", 20.0),
+                                      ("b", "2026-11-01T12:00:00+00:00", 30.0)):
+        results.save_run(_saved_run(variant, date, throughput))
+    (results_dir / "20261103T000000Z_broken.json").write_text('{"meta": {"variant": ')
+    table = results.table()
+    assert sorted(zip(table["variant"], table[results.THROUGHPUT])) == [("a", 20.0), ("b", 30.0)]
+    assert "skipped 20261103T000000Z_broken.json" in capsys.readouterr().out
+    everything = results.table(latest=False)
+    assert sorted(everything[results.THROUGHPUT]) == [10.0, 20.0, 30.0]
+    newest, path = results.latest("a")
+    assert newest[results.THROUGHPUT].tolist() == [20.0] and path.name.startswith("20261102")
+    assert not list(results_dir.glob("*.tmp")) and len(list(results_dir.glob("*.csv"))) == 3

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tritonlab import clients
+from tritonlab.serving import clients
 
 from . import photos
 
@@ -26,14 +26,14 @@ def photo(images) -> Image.Image:
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_every_exif_orientation_is_applied(classifier_code, photo, orientation):
+def test_every_exif_orientation_is_applied(decoding, photo, orientation):
     """Lossless (PNG): exactly the upright pixels. As phones save (JPEG): within JPEG's noise."""
     upright = np.asarray(photo)
     png = photos.sideways(photo, orientation, "PNG")
-    assert np.array_equal(np.asarray(classifier_code.open_image(png, FULL)), upright)
+    assert np.array_equal(np.asarray(decoding.open_image(png, FULL)), upright)
     jpeg = photos.sideways(photo, orientation, "JPEG")
-    reference = np.asarray(classifier_code.open_image(photos.sideways(photo, 1, "JPEG"), FULL))
-    decoded = np.asarray(classifier_code.open_image(jpeg, FULL))
+    reference = np.asarray(decoding.open_image(photos.sideways(photo, 1, "JPEG"), FULL))
+    decoded = np.asarray(decoding.open_image(jpeg, FULL))
     assert decoded.shape == upright.shape
     assert np.abs(decoded.astype(int) - reference).mean() < 2.0  # rotated blocks re-encoded
     if orientation != 1:  # the test can fail: the stored pixels are not the upright ones
@@ -42,28 +42,28 @@ def test_every_exif_orientation_is_applied(classifier_code, photo, orientation):
 
 
 @pytest.mark.parametrize("space", [photos.DISPLAY_P3, photos.ADOBE_RGB], ids=lambda s: s.name)
-def test_colour_profiles_are_converted_to_srgb(classifier_code, photo, space):
+def test_colour_profiles_are_converted_to_srgb(decoding, photo, space):
     """The same colours as the photo, within one level; read as sRGB they would be off."""
     data = photos.tagged(photo, space, "PNG")
     upright = np.asarray(photo).astype(int)
-    decoded = np.asarray(classifier_code.open_image(data, FULL)).astype(int)
+    decoded = np.asarray(decoding.open_image(data, FULL)).astype(int)
     assert np.abs(decoded - upright).max() <= 1
     naive = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
     assert np.abs(naive - upright).mean() > 2 and np.abs(naive - upright).max() > 15
 
 
 @pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
-def test_heic_and_avif_decode_to_the_photo(classifier_code, photo, fmt):
+def test_heic_and_avif_decode_to_the_photo(decoding, photo, fmt):
     data = photos.encode(photo, fmt, quality=90)
-    decoded = np.asarray(classifier_code.open_image(data, FULL)).astype(int)
+    decoded = np.asarray(decoding.open_image(data, FULL)).astype(int)
     assert decoded.shape == np.asarray(photo).shape
     assert np.abs(decoded - np.asarray(photo).astype(int)).mean() < 4  # lossy, at quality 90
 
 
-def test_a_format_without_decoder_is_refused_by_name(classifier_code):
-    with pytest.raises(classifier_code.BadImage, match="JPEG XL images cannot be decoded here.*"
+def test_a_format_without_decoder_is_refused_by_name(decoding):
+    with pytest.raises(decoding.BadImage, match="JPEG XL images cannot be decoded here.*"
                                                        "convert the photo to JPEG"):
-        classifier_code.decode_image(classifier_code.to_image_bytes(b"\xff\x0a" + bytes(300)))
+        decoding.decode_image(decoding.to_image_bytes(b"\xff\x0a" + bytes(300)))
 
 
 @pytest.mark.server

@@ -6,8 +6,7 @@ import struct
 
 import pytest
 
-from tritonlab import configs, deploy
-from tritonlab.server import ModelLoadError
+from tritonlab.serving import ModelLoadError, configs, deploy
 
 pytestmark = pytest.mark.server
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from tritonlab import configs, perf
+from tritonlab.measuring import perf, results
+from tritonlab.serving import configs
 
 pytestmark = pytest.mark.server
 
@@ -46,9 +47,9 @@ def test_slow_model_is_measured_in_quick_mode(triton, slow_model, monkeypatch, c
     assert "concurrency 1: about 0." in out and "ms windows (about 10 requests each)" in out
     assert (df["measurement_ms"] > 1500).all() and (df["request count"] >= 10).all()
     assert (df["measurement_mode"] == "time_windows").all()
-    assert 0.6 < df.loc[1, perf.THROUGHPUT] < 1.1           # one request per second or so
-    assert df.loc[4, perf.THROUGHPUT] > 2 * df.loc[1, perf.THROUGHPUT]  # batched: 4 at a time
-    assert 1.0e6 < df.loc[1, perf.P50] < 1.5e6                # microseconds
+    assert 0.6 < df.loc[1, results.THROUGHPUT] < 1.1           # one request per second or so
+    assert df.loc[4, results.THROUGHPUT] > 2 * df.loc[1, results.THROUGHPUT]  # batched: 4 at a time
+    assert 1.0e6 < df.loc[1, results.P50] < 1.5e6                # microseconds
 
 
 def test_no_valid_requests_is_measured_again_with_longer_windows(triton, slow_model, capsys):
@@ -63,7 +64,7 @@ def test_no_valid_requests_is_measured_again_with_longer_windows(triton, slow_mo
             "windows") in out
     row = run.df.iloc[0]
     assert row["measurement_ms"] >= 900 and row["request count"] >= 1
-    assert row[perf.THROUGHPUT] > 0
+    assert row[results.THROUGHPUT] > 0
 
 
 def test_windows_are_planned_from_the_rate():

@@ -1,8 +1,7 @@
 """The course's HTTP API: upload a food photo, get its label, probability and caption.
 
 FastAPI in front of Triton's `food_captioning` ensemble. Swagger UI at /docs. Run it with
-`make api` (127.0.0.1:8080); it finds Triton at TRITON_URL (host:port of Triton's HTTP
-endpoint, default 127.0.0.1:8000).
+`make api` (127.0.0.1:8080); it finds Triton at TRITON_URL (default http://127.0.0.1:8000).
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,12 +19,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from .common import poll_until
+from .settings import TritonAddress
+
 MODEL = "food_captioning"
 MAX_UPLOAD_BYTES = int(os.environ.get("TRITONLAB_API_MAX_UPLOAD", 10 * 1024 * 1024))
 
 
 def triton_url() -> str:
-    return os.environ.get("TRITON_URL", "127.0.0.1:8000")
+    """Triton's HTTP endpoint as host:port, from TRITON_URL (see `settings.TritonAddress`)."""
+    return TritonAddress.from_env().http_url
 
 
 class Prediction(BaseModel):
@@ -47,9 +49,9 @@ class TritonUnavailable(RuntimeError):
 
 
 def _image_code():
-    from .models import classifier_module
+    from .assets.repository import decoding
 
-    return classifier_module()
+    return decoding()
 
 
 def check_image(data: bytes) -> None:
@@ -97,16 +99,22 @@ def infer(url: str, data: bytes, model: str = MODEL) -> Prediction:
 
 def triton_health(url: str, model: str = MODEL) -> dict:
     """Triton's readiness and the model's, as /health reports them."""
-    base = f"http://{url}"
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
     state = {"triton_url": url, "model": model, "live": False, "ready": False,
              "model_ready": False}
+    client = None
     try:
-        state["live"] = requests.get(f"{base}/v2/health/live", timeout=3).status_code == 200
-        state["ready"] = requests.get(f"{base}/v2/health/ready", timeout=3).status_code == 200
-        state["model_ready"] = requests.get(f"{base}/v2/models/{model}/ready",
-                                            timeout=3).status_code == 200
-    except requests.RequestException as exc:
+        client = httpclient.InferenceServerClient(url, connection_timeout=3, network_timeout=3)
+        state["live"] = client.is_server_live()
+        state["ready"] = client.is_server_ready()
+        state["model_ready"] = client.is_model_ready(model)
+    except (InferenceServerException, OSError) as exc:
         state["error"] = f"Triton is not reachable: {type(exc).__name__}"
+    finally:
+        if client is not None:
+            client.close()
     return state
 
 
@@ -178,7 +186,7 @@ class RunningAPI:
 def serve_in_background(port: int = 8080, host: str = "127.0.0.1",
                         triton: str | None = None, timeout: float = 60) -> RunningAPI:
     """Start `uvicorn tritonlab.api:app` and wait until it answers; it dies with this process."""
-    from .server import _set_parent_death_signal, port_owner
+    from .serving.embedded import _set_parent_death_signal, port_owner
 
     owner = port_owner(port)
     if owner:
@@ -191,14 +199,18 @@ def serve_in_background(port: int = 8080, host: str = "127.0.0.1",
                              "--port", str(port), "--log-level", "warning"], env=env,
                             preexec_fn=_set_parent_death_signal)
     url = f"http://{host}:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"the API exited with code {proc.returncode}; see its output above")
         try:
-            requests.get(url + "/openapi.json", timeout=1)
-            return RunningAPI(proc, url)
+            return requests.get(url + "/openapi.json", timeout=1).ok
         except requests.RequestException:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"the API did not answer on {url} within {timeout:.0f} s")
+            return False
+
+    try:
+        poll_until(answers, timeout, 0.2, f"the API answering on {url}")
+    except TimeoutError as exc:
+        proc.kill()
+        raise RuntimeError(str(exc)) from None
+    return RunningAPI(proc, url)

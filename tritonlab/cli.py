@@ -9,13 +9,14 @@ from . import settings
 
 
 def _prepare(args) -> int:
-    from . import captioning, configs, samples, weights
+    from .assets import blip, samples, weights
+    from .serving import configs
 
     samples.sample_images()
     inputs = samples.write_perf_inputs()
     print(f"perf_analyzer inputs: {', '.join(str(p) for p in inputs.values())}")
     weights.ensure_weights(source=args.source)
-    captioning.ensure_blip(source=args.source)
+    blip.ensure_blip(source=args.source)
     for path in configs.write_course_configs():
         print(f"config: {path}")
     return 0
@@ -24,7 +25,7 @@ def _prepare(args) -> int:
 def _weights(args) -> int:
     import os
 
-    from . import weights
+    from .assets import weights
 
     meta = weights.current()
     force = meta is None or meta.get("stand_in") or "FOOD11_WEIGHTS" in os.environ
@@ -33,7 +34,7 @@ def _weights(args) -> int:
 
 
 def _configs(args) -> int:
-    from . import configs
+    from .serving import configs
 
     for path in configs.write_course_configs():
         print(f"wrote {path}")
@@ -41,14 +42,14 @@ def _configs(args) -> int:
 
 
 def _serve(args) -> int:
-    from . import weights
-    from .server import LocalTriton
+    from .assets import weights
+    from .serving.embedded import EmbeddedTriton
 
     meta = weights.current()
     if meta is None:
         print("No Food-11 weights yet: run `make weights` first.", file=sys.stderr)
         return 1
-    server = LocalTriton(attach=False)
+    server = EmbeddedTriton(attach=False)
     seconds = server.start(timeout=args.timeout)
     print(f"Triton is ready ({seconds:.1f} s), running in the background (pid "
           f"{server.recorded()['pid']}).")
@@ -63,9 +64,9 @@ def _serve(args) -> int:
 
 
 def _stop(args) -> int:
-    from .server import LocalTriton
+    from .serving.embedded import EmbeddedTriton
 
-    server = LocalTriton()
+    server = EmbeddedTriton()
     record = server.recorded()
     server.stop()
     print(f"Stopped Triton (pid {record['pid']})." if record else "No Triton was running.")
@@ -73,9 +74,9 @@ def _stop(args) -> int:
 
 
 def _status(args) -> int:
-    from .server import LocalTriton
+    from .serving.embedded import EmbeddedTriton
 
-    server = LocalTriton()
+    server = EmbeddedTriton()
     record = server.recorded()
     if not record:
         print("No Triton is running from this checkout.")
@@ -86,9 +87,9 @@ def _status(args) -> int:
 
 
 def _logs(args) -> int:
-    from .server import LocalTriton
+    from .serving.embedded import EmbeddedTriton
 
-    LocalTriton().show_logs(args.lines)
+    EmbeddedTriton().show_logs(args.lines)
     return 0
 
 
@@ -104,7 +105,7 @@ def _lab(args) -> int:
 
 
 def _bench(args) -> int:
-    from . import bench
+    from .measuring import bench
 
     bench.run(repeats=args.repeats, window_ms=args.window_ms, load_seconds=args.load_seconds)
     return 0

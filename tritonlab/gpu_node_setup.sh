@@ -56,7 +56,7 @@ containers() {
   # Food-11 weights (downloaded once into the mounted repository), sample data and configs
   # first, so that Triton finds its models when it starts; BLIP is already there (step blip).
   sudo docker compose run --rm --no-deps jupyter python -m tritonlab prepare
-  sudo HOST_REPOSITORY="$PWD/model_repository" docker compose up -d
+  sudo docker compose up -d
   sudo docker compose ps
 }
 

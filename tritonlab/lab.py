@@ -14,6 +14,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from . import settings
+from .common import log
 
 
 class NotebookFailed(RuntimeError):
@@ -58,7 +59,7 @@ def run_notebook(path: Path, out_dir: Path, quick: bool = True, cell_timeout: in
 
 def run_course(notebooks: Sequence[Path] | None = None, out_dir: Path | None = None,
                quick: bool = True) -> list[Path]:
-    """Execute the notebooks in order; prints where the executed copies and figures are."""
+    """Execute the notebooks in order; says where the executed copies and figures are."""
     out_dir = out_dir or settings.output_dir()
     notebooks = [Path(p) for p in (notebooks or course_notebooks())]
     started = time.time()
@@ -66,12 +67,12 @@ def run_course(notebooks: Sequence[Path] | None = None, out_dir: Path | None = N
     for path in notebooks:
         began = time.monotonic()
         done.append(run_notebook(Path(path), out_dir, quick=quick))
-        print(f"{path.name}: ran in {time.monotonic() - began:.0f} s", flush=True)
+        log.info(f"{path.name}: ran in {time.monotonic() - began:.0f} s")
     copied = copy_new_results(out_dir / "results", since=started)
-    print(f"\nExecuted notebooks: {out_dir}\nFigures: {out_dir / 'figures'}")
+    log.info(f"\nExecuted notebooks: {out_dir}\nFigures: {out_dir / 'figures'}")
     if copied:
-        print(f"Results of this run: {out_dir / 'results'} ({copied} files; all runs are kept in "
-              f"{settings.results_dir()})")
+        log.info(f"Results of this run: {out_dir / 'results'} ({copied} files; all runs are kept "
+                 f"in {settings.results_dir()})")
     return done
 
 

@@ -70,23 +70,69 @@ def free_ports(count: int = 3) -> list[int]:
             sock.close()
 
 
-@dataclass(frozen=True)
-class Ports:
-    """The three ports Triton listens on."""
+DEFAULT_TRITON_URL = "http://127.0.0.1:8000"
 
+
+@dataclass(frozen=True)
+class TritonAddress:
+    """Where Triton listens: one host and its three ports (HTTP, gRPC, metrics).
+
+    Written as one URL, `TRITON_URL`: `http://HOST:HTTP_PORT`, optionally followed by
+    `?grpc=PORT&metrics=PORT`; without them Triton's own layout is assumed (gRPC on the HTTP
+    port + 1, metrics on + 2), as in 8000, 8001, 8002.
+    """
+
+    host: str = "127.0.0.1"
     http: int = 8000
     grpc: int = 8001
     metrics: int = 8002
 
-    @classmethod
-    def from_env(cls) -> Ports:
-        return cls(
-            http=int(os.environ.get("TRITONLAB_HTTP_PORT", 8000)),
-            grpc=int(os.environ.get("TRITONLAB_GRPC_PORT", 8001)),
-            metrics=int(os.environ.get("TRITONLAB_METRICS_PORT", 8002)),
-        )
+    @property
+    def http_url(self) -> str:
+        """`host:port` of the HTTP endpoint, as tritonclient.http and perf_analyzer take it."""
+        return f"{self.host}:{self.http}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics}/metrics"
+
+    @property
+    def url(self) -> str:
+        """This address in the form TRITON_URL takes."""
+        extra = ("" if (self.grpc, self.metrics) == (self.http + 1, self.http + 2)
+                 else f"?grpc={self.grpc}&metrics={self.metrics}")
+        return f"http://{self.host}:{self.http}{extra}"
 
     @classmethod
-    def free(cls) -> Ports:
+    def parse(cls, text: str) -> TritonAddress:
+        """Read a TRITON_URL value; ValueError says what is wrong with it."""
+        from urllib.parse import parse_qs, urlsplit
+
+        raw = text.strip()
+        parts = urlsplit(raw if "://" in raw else f"http://{raw}")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        try:
+            http = parts.port or 8000
+            grpc = int(query.pop("grpc", http + 1))
+            metrics = int(query.pop("metrics", http + 2))
+        except ValueError:
+            raise ValueError(f"TRITON_URL={text!r}: ports must be numbers, as in "
+                             "http://127.0.0.1:8000?grpc=8001&metrics=8002") from None
+        if parts.scheme != "http" or not parts.hostname or query or parts.path not in ("", "/"):
+            raise ValueError(f"TRITON_URL={text!r}: write http://HOST:PORT, optionally with "
+                             "?grpc=PORT&metrics=PORT (for example http://127.0.0.1:8000)")
+        return cls(parts.hostname, http, grpc, metrics)
+
+    @classmethod
+    def from_env(cls) -> TritonAddress:
+        """The address in TRITON_URL (default http://127.0.0.1:8000)."""
+        return cls.parse(os.environ.get("TRITON_URL", DEFAULT_TRITON_URL))
+
+    @classmethod
+    def free(cls, host: str = "127.0.0.1") -> TritonAddress:
         """Three free loopback ports, for a private server (tests, `make bench`)."""
-        return cls(*free_ports(3))
+        return cls(host, *free_ports(3))

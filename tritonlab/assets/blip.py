@@ -14,7 +14,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .models import load_model_module, model_dir
+from ..common import atomic_write, log
+from .repository import load_model_module, model_dir
 
 HUB_ID = "Salesforce/blip-image-captioning-base"
 STAND_IN = "stand-in"
@@ -33,8 +34,8 @@ WORDS = ("a an the of on in with and photo plate bowl table wooden white red gre
 
 
 def code():
-    """conditional_captioning's model.py: the prompt template and the Captioner live there."""
-    return load_model_module("conditional_captioning")
+    """conditional_captioning's `blip_captioner.py`: the prompt template and the Captioner."""
+    return load_model_module("conditional_captioning").blip_captioner
 
 
 def blip_source() -> str:
@@ -116,8 +117,8 @@ def current(folder: Path | None = None) -> dict | None:
     return meta if (folder / mod.WEIGHTS_FOLDER / "config.json").exists() else None
 
 
-def ensure_blip(folder: Path | None = None, source: str | None = None, force: bool = False,
-                quiet: bool = False) -> dict:
+def ensure_blip(folder: Path | None = None, source: str | None = None, force: bool = False
+                ) -> dict:
     """Make sure the captioning model has BLIP weights; returns their metadata.
 
     Kept if present (unless `force`); else fetched from `source` (a hub id or a local folder
@@ -126,7 +127,6 @@ def ensure_blip(folder: Path | None = None, source: str | None = None, force: bo
     """
     folder = Path(folder or model_dir("conditional_captioning"))
     mod = code()
-    say = (lambda *a: None) if quiet else print
     meta = None if force else current(folder)
     if meta is None:
         source = source or blip_source()
@@ -144,7 +144,7 @@ def ensure_blip(folder: Path | None = None, source: str | None = None, force: bo
             else:
                 download(tmp, source)
         except Exception as exc:  # no network, no hub: build the stand-in, loudly
-            say(f"Could not fetch BLIP from {source}: {str(exc).splitlines()[0][:200]}")
+            log.warning(f"Could not fetch BLIP from {source}: {str(exc).splitlines()[0][:200]}")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".blip-"))
             build_stand_in(tmp)
@@ -157,8 +157,6 @@ def ensure_blip(folder: Path | None = None, source: str | None = None, force: bo
             os.chmod(path, 0o644)
         meta = {"source": source, "stand_in": stand_in,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        meta_tmp = folder / (mod.WEIGHTS_META + ".tmp")
-        meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(meta_tmp, folder / mod.WEIGHTS_META)
-    say(BANNER if meta["stand_in"] else f"BLIP weights from {meta['source']}.")
+        atomic_write(folder / mod.WEIGHTS_META, json.dumps(meta, indent=2) + "\n")
+    log.info(BANNER if meta["stand_in"] else f"BLIP weights from {meta['source']}.")
     return meta

@@ -8,7 +8,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from PIL import Image
 
-from . import settings
+from .. import settings
+from ..common import log
+from .results import BREAKDOWN, CLIENT_SIDE, P50, P95, P99, THROUGHPUT
 
 
 def save(fig, name: str) -> Path:
@@ -36,7 +38,7 @@ def image_grid(images: Sequence[Path | str], titles: Sequence[str], title: str =
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     if name:
-        print(f"Figure saved to {save(fig, name)}")
+        log.info(f"Figure saved to {save(fig, name)}")
     return fig
 
 
@@ -70,13 +72,12 @@ def _seaborn():
 def _finish(fig, name: str | None):
     fig.tight_layout()
     if name:
-        print(f"Figure saved to {save(fig, name)}")
+        log.info(f"Figure saved to {save(fig, name)}")
     return fig
 
 
 def throughput(df, name: str | None = None, title: str = "Throughput against concurrency"):
     """Inferences per second at each concurrency, one line per variant."""
-    from .perf import THROUGHPUT
 
     sns = _seaborn()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -89,7 +90,6 @@ def throughput(df, name: str | None = None, title: str = "Throughput against con
 
 def latency(df, name: str | None = None, title: str = "Latency percentiles against concurrency"):
     """p50, p95 and p99 latency (ms) at each concurrency; colour = variant, dashes = percentile."""
-    from .perf import P50, P95, P99
 
     sns = _seaborn()
     long = df.melt(id_vars=["variant", "concurrency"], value_vars=[P50, P95, P99],
@@ -109,7 +109,6 @@ def breakdown(df, name: str | None = None, title: str = "Where a request's time 
               by: str = "variant", client_side: bool = True):
     """Stacked bars per `by` (variant, or an ensemble's step) and concurrency: queue, compute
     input, infer, output and, with `client_side`, the client and network parts."""
-    from .perf import BREAKDOWN, CLIENT_SIDE
 
     parts = BREAKDOWN + ([c for c in CLIENT_SIDE if c in df.columns] if client_side else [])
     table = df.set_index([by, "concurrency"])[parts] / 1000
@@ -127,7 +126,6 @@ def breakdown(df, name: str | None = None, title: str = "Where a request's time 
 def throughput_vs_latency(df, name: str | None = None,
                           title: str = "Throughput against p95 latency"):
     """Each variant's curve in the plane people trade off: up and left is better."""
-    from .perf import P95, THROUGHPUT
 
     sns = _seaborn()
     data = df.assign(**{"p95 latency (ms)": df[P95] / 1000})

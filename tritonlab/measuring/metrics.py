@@ -6,7 +6,6 @@ background thread while perf_analyzer runs, and plotted beside the perf results.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import defaultdict
@@ -14,24 +13,21 @@ from collections import defaultdict
 import pandas as pd
 import requests
 
-_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
 
 def parse(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """Prometheus text format as (name, labels, value) triples; comments are skipped."""
+    """Prometheus text format as (name, labels, value) triples, read by the Prometheus client
+    library's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     out = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _LINE.match(line)
-        if not m:
-            continue
-        try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        out.append((m.group(1), dict(_LABEL.findall(m.group(2) or "")), value))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name
+            if family.type == "counter":  # the parser names counter samples <name>_total
+                if name.endswith("_created"):
+                    continue
+                name = family.name if name == family.name + "_total" else name
+            out.append((name, dict(sample.labels), float(sample.value)))
     return out
 
 

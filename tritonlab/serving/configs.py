@@ -8,13 +8,13 @@ in the cell, rather than in the server log.
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from . import settings
+from .. import settings
+from ..common import atomic_write
 
 BANNER = """\
 # GENERATED FILE: do not edit by hand; Triton reads it, the course rewrites it.
@@ -137,14 +137,6 @@ def write_warmup_files(cfg: mc.ModelConfig, repository: Path | str | None = None
             atomic_write(path, data[name])
         paths.append(path)
     return paths
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
-    os.replace(tmp, path)
 
 
 def ensemble_config(name: str = "food_captioning", max_batch_size: int = 8,
@@ -408,10 +400,36 @@ def course_configs() -> dict[str, mc.ModelConfig]:
 
 def course_source(name: str) -> str:
     """How the committed config of `name` is built, for its banner."""
-    return f"tritonlab.configs.course_configs()['{name}']"
+    return f"tritonlab.serving.configs.course_configs()['{name}']"
 
 
 def write_course_configs(repository: Path | str | None = None) -> list[Path]:
-    """Regenerate every committed config.pbtxt and warm-up file (`make configs`)."""
-    return [write_config(cfg, repository, source=course_source(name), notes=COURSE_NOTES[name])
-            for name, cfg in course_configs().items()]
+    """Regenerate every committed config.pbtxt, its warm-up files, and the copies of shared
+    model code (`make configs`); returns the configs' and the copies' paths."""
+    from ..assets.repository import write_shared_code
+
+    paths = [write_config(cfg, repository, source=course_source(name), notes=COURSE_NOTES[name])
+             for name, cfg in course_configs().items()]
+    return paths + write_shared_code(Path(repository) if repository else None)
+
+
+def onnxruntime_backend_config(name: str = "food_classifier_onnx", max_batch_size: int = 16,
+                               instance_groups: list[dict] | None = None,
+                               tensorrt: bool = False, fp16: bool = False,
+                               dynamic_batching: dict | None = None) -> mc.ModelConfig:
+    """The config for Triton's own onnxruntime backend (GPU node): preprocessed tensors in.
+
+    This backend takes the network's float input (N, 3, 224, 224) and returns logits; with
+    `tensorrt` ONNX Runtime hands the graph to TensorRT (FP16 with `fp16`).
+    """
+    cfg = mc.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=max_batch_size)
+    cfg.input.add(name="input", data_type=mc.TYPE_FP32, dims=[3, 224, 224])
+    cfg.output.add(name="logits", data_type=mc.TYPE_FP32, dims=[11])
+    add_instance_groups(cfg, instance_groups or [{"count": 1, "kind": "KIND_GPU"}])
+    set_dynamic_batching(cfg, dynamic_batching)
+    if tensorrt:
+        accel = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(
+            name="tensorrt")
+        accel.parameters["precision_mode"] = "FP16" if fp16 else "FP32"
+        accel.parameters["max_workspace_size_bytes"] = str(1 << 30)
+    return cfg

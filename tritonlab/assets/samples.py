@@ -12,14 +12,14 @@ import base64
 import io
 import json
 import math
-import os
 import random
 import struct
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from . import settings
+from .. import settings
+from ..common import atomic_write
 
 SIZE = (320, 240)
 
@@ -160,9 +160,6 @@ def write_perf_inputs(folder: Path = settings.PERF_INPUTS,
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for kind, build in (("raw", perf_input_raw), ("base64", perf_input_base64)):
-        path = folder / f"food_classifier_{kind}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(build(images)))
-        os.replace(tmp, path)
-        out[kind] = path
+        out[kind] = atomic_write(folder / f"food_classifier_{kind}.json",
+                                 json.dumps(build(images)))
     return out

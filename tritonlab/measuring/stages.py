@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from . import samples
-from .models import classifier_module, model_dir
+from ..assets import samples
+from ..assets.repository import decoding, model_dir, network
 
 STAGES = ("decode + resize", "normalise", "network + softmax")
 
@@ -36,28 +36,28 @@ def measure(runtimes=("torch", "onnxruntime"), batch: int = 8, repeats: int = 5,
 
     `folder` holds the weights (and food11.onnx): the served model's version folder by default.
     """
-    code = classifier_module()
+    dec, net = decoding(), network()
     folder = str(folder or model_dir("food_classifier"))
     encoded = [p.read_bytes() for p in samples.sample_images()]
     encoded = [encoded[i % len(encoded)] for i in range(batch)]
-    images = np.stack([code.decode_image(code.to_image_bytes(e)) for e in encoded])
+    images = np.stack([dec.decode_image(dec.to_image_bytes(e)) for e in encoded])
     decode_ms = _per_image_ms(
-        lambda: [code.decode_image(code.to_image_bytes(e)) for e in encoded], batch, repeats)
+        lambda: [dec.decode_image(dec.to_image_bytes(e)) for e in encoded], batch, repeats)
     rows = []
     for runtime in runtimes:
-        model = code.Food11Classifier(folder, runtime=runtime, num_threads=num_threads)
-        normalise, network = _stage_functions(code, model, images)
+        model = net.Food11Classifier(folder, runtime=runtime, num_threads=num_threads)
+        normalise, network_step = _stage_functions(net, model, images)
         for stage, ms in zip(STAGES, (decode_ms, _per_image_ms(normalise, batch, repeats),
-                                      _per_image_ms(network, batch, repeats))):
+                                      _per_image_ms(network_step, batch, repeats))):
             rows.append({"runtime": runtime, "stage": stage, "ms per image": ms})
     return pd.DataFrame(rows)
 
 
-def _stage_functions(code, model, images: np.ndarray):
+def _stage_functions(net, model, images: np.ndarray):
     """The normalising step and the network step of `model`, each as a call without arguments."""
     if model.runtime == "onnxruntime":
-        x = code.normalise(images)
-        return (lambda: code.normalise(images),
+        x = net.normalise(images)
+        return (lambda: net.normalise(images),
                 lambda: model.session.run(None, {model.input_name: x}))
     import torch
 

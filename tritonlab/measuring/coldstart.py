@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 from tritonclient.grpc import model_config_pb2 as mc
 
-from . import clients
+from ..serving import clients
+from ..serving.deploy import deploy
 
 
 def first_requests(server, cfg: mc.ModelConfig, images: list[Path], requests: int = 5,
@@ -25,8 +26,6 @@ def first_requests(server, cfg: mc.ModelConfig, images: list[Path], requests: in
     Returns one row per request: variant, load (1..loads), request (1 = first after the load),
     the client's latency in ms, and that load's seconds until READY.
     """
-    from .deploy import deploy
-
     rows = []
     for load in range(1, loads + 1):
         if load == 1:  # write the config (and show what changed), then load it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from ..common import log
 from . import configs, devices
 
 
@@ -11,7 +12,7 @@ def deploy(server, cfg: mc.ModelConfig, how: str = "reload", source: str = "a co
            gpu_count: int | None = None,
            regenerate: str = "rerun the notebook cell that wrote it (`make configs` restores the "
                              "baseline)", notes: str = "") -> float:
-    """Write `cfg` into the served repository, print the diff, apply it; returns seconds to ready.
+    """Write `cfg` into the served repository, show the diff, apply it; returns seconds to ready.
 
     `how` is 'reload' (explicit model control: only this model is reloaded) or 'restart' (the
     whole server, as after editing config.pbtxt by hand). A GPU config on a machine without
@@ -24,13 +25,13 @@ def deploy(server, cfg: mc.ModelConfig, how: str = "reload", source: str = "a co
     before = configs.read_config(path) if path.exists() else None
     configs.validate(cfg, folder=path.parent)
     changes = configs.diff(before, cfg)
-    print(f"{path.relative_to(server.model_repository.parent)}: "
+    log.info(f"{path.relative_to(server.model_repository.parent)}: "
           + ("\n" + changes if changes else "unchanged"))
     configs.write_config(cfg, server.model_repository, source=source, regenerate=regenerate,
                          notes=notes)
     runnable, note = configs.for_this_machine(cfg, gpu_count)
     if note:
-        print(note)
+        log.info(note)
     if how == "reload":
         seconds = server.reload_model(cfg.name, config=runnable)
     elif note:
@@ -41,7 +42,7 @@ def deploy(server, cfg: mc.ModelConfig, how: str = "reload", source: str = "a co
         seconds += server.reload_model(cfg.name, config=runnable)
     else:
         seconds = server.restart(timeout=180)
-    print(f"'{cfg.name}' ready after {how}: {seconds:.1f} s")
+    log.info(f"'{cfg.name}' ready after {how}: {seconds:.1f} s")
     return seconds
 
 

@@ -71,6 +71,6 @@ def usable_cores() -> int:
     """Cores Triton's model processes may use here: this process's CPU affinity, capped by a
     cgroup CPU quota. The served models compute their thread counts with the same function
     (`cpu_threads` in food_classifier's model code)."""
-    from .models import classifier_module
+    from ..assets.repository import classifier_module
 
-    return classifier_module().usable_cores()
+    return classifier_module().backend_helpers.usable_cores()

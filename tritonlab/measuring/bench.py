@@ -7,10 +7,7 @@ under data/results/bench/ with the machine's description.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import shutil
 import statistics
 import tempfile
@@ -22,11 +19,16 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from . import captioning, clients, configs, devices, perf, samples, settings, weights
-from .deploy import deploy
-from .models import classifier_module, copy_repository
-from .server import LocalTriton
-from .settings import Ports
+from .. import settings
+from ..assets import blip, onnx_export, samples, weights
+from ..assets.repository import classifier_module, copy_repository
+from ..common import log, poll_until, quiet
+from ..serving import clients, configs, devices
+from ..serving.deploy import deploy
+from ..serving.embedded import EmbeddedTriton
+from ..settings import TritonAddress
+from . import perf
+from .results import P95, P99, THROUGHPUT
 
 #: The fastest classifier variant on this 2-core CPU: ONNX Runtime in the Python backend, two
 #: instances with one thread each (one decodes JPEGs while the other runs the network), and
@@ -38,7 +40,7 @@ FASTEST = dict(runtime="onnxruntime", instances=2, num_threads=1,
 
 
 def _quietly(fn, *args, **kwargs):
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet():
         return fn(*args, **kwargs)
 
 
@@ -76,14 +78,17 @@ def _model_processes(pid: int, model: str, instances: int,
     """`model`'s processes, once exactly `instances` of them are running (after a reload, the
     old ones may still be shutting down, and the new ones initialising)."""
     marker = f"/{model}/1/model.py"
-    deadline = time.monotonic() + timeout
-    while True:
-        stubs = [p for p in _tree(pid)[1:] if marker in _cmdline(p)]
-        if len(stubs) == instances or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+
+    def stubs() -> list[psutil.Process]:
+        return [p for p in _tree(pid)[1:] if marker in _cmdline(p)]
+
+    try:
+        found = poll_until(lambda: (lambda s: s if len(s) == instances else None)(stubs()),
+                           timeout, 0.5, f"{instances} processes of {model}")
+    except TimeoutError:
+        found = stubs()  # counted as they are; the figure says how many it rests on
     time.sleep(1.0)  # let the new processes finish initialising
-    return stubs
+    return found
 
 
 def _model_rss(pid: int, model: str, instances: int) -> int:
@@ -117,29 +122,31 @@ def _measure(server, model: str, variant: str, opts: perf.PerfSettings, repeats:
     shares = {k: (cpu_after[k] - cpu_before[k]) / capacity for k in cpu_before}
     shares["idle or other"] = max(0.0, 1 - sum(shares.values()))
     rows = [r.df.iloc[0] for r in runs]
-    return {"throughput": statistics.median(r[perf.THROUGHPUT] for r in rows),
-            "p95_ms": statistics.median(r[perf.P95] for r in rows) / 1000,
-            "all_throughputs": [round(float(r[perf.THROUGHPUT]), 2) for r in rows],
+    return {"throughput": statistics.median(r[THROUGHPUT] for r in rows),
+            "p95_ms": statistics.median(r[P95] for r in rows) / 1000,
+            "all_throughputs": [round(float(r[THROUGHPUT]), 2) for r in rows],
             "cpu_share": {k: round(v, 3) for k, v in shares.items()}}
 
 
 def _in_process_worker(folder: str, work: list, runtime: str, num_threads: int, repeats: int,
                        barrier, out) -> None:
-    code = classifier_module()
-    model = code.Food11Classifier(folder, runtime=runtime, num_threads=num_threads)
-    model.predict(np.stack([code.decode_image(e) for e in work[0]]))  # warm-up
+    code = classifier_module(Path(folder).parent.parent)
+    dec = code.image_decoding
+    model = code.food11_network.Food11Classifier(folder, runtime=runtime, num_threads=num_threads)
+    model.predict(np.stack([dec.decode_image(e) for e in work[0]]))  # warm-up
     spans = []
     for _ in range(repeats):
         barrier.wait()  # every worker starts each repeat together, as Triton's instances run
         began = time.monotonic()
         for items in work:
-            model.predict(np.stack([code.decode_image(code.to_image_bytes(e)) for e in items]))
+            model.predict(np.stack([dec.decode_image(dec.to_image_bytes(e)) for e in items]))
         spans.append((began, time.monotonic()))
     out.put(spans)
 
 
 def in_process(repeats: int, batch: int = 8, batches: int = 48,
-               instances: int | None = None, num_threads: int | None = None) -> dict:
+               instances: int | None = None, num_threads: int | None = None,
+               repository: Path | None = None) -> dict:
     """The fastest variant's own code run outside Triton, on the same sample images, with the
     same parallelism: one process per instance, each with the instance's thread count, each
     decoding and classifying batches of `batch` images. Throughput of all processes together."""
@@ -147,7 +154,7 @@ def in_process(repeats: int, batch: int = 8, batches: int = 48,
 
     instances = instances or FASTEST.get("instances", 1)
     num_threads = FASTEST["num_threads"] if num_threads is None else num_threads
-    folder = str(settings.model_repository() / "food_classifier" / "1")
+    folder = str(Path(repository or settings.model_repository()) / "food_classifier" / "1")
     encoded = [p.read_bytes() for p in samples.sample_images()]
     work = [[encoded[(i * batch + j) % len(encoded)] for j in range(batch)]
             for i in range(batches)]
@@ -218,8 +225,8 @@ def load_run(server, model: str, concurrency: int, seconds: int) -> dict:
         "requests_ok": count(after, "success") - count(before, "success"),
         "requests_failed": count(after, "fail") - count(before, "fail"),
         "perf_analyzer_error": error,
-        "throughput": None if row is None else float(row[perf.THROUGHPUT]),
-        "p99_ms": None if row is None else float(row[perf.P99]) / 1000,
+        "throughput": None if row is None else float(row[THROUGHPUT]),
+        "p99_ms": None if row is None else float(row[P99]) / 1000,
         "rss_after_warmup_mib": rss_warm / 2**20,
         "rss_end_mib": rss_end / 2**20,
         "rss_max_mib": max(samples_mib + [rss_end / 2**20]),
@@ -232,24 +239,22 @@ def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None,
     """Measure every figure; returns (and saves) them with pass/miss against the targets."""
     work = Path(tempfile.mkdtemp(prefix="tritonlab-bench-"))
     repo = copy_repository(work / "model_repository")
-    os.environ["TRITONLAB_MODEL_REPOSITORY"] = str(repo)
-    _quietly(weights.ensure_weights, source=weights.STAND_IN)
-    _quietly(captioning.ensure_blip, source=captioning.STAND_IN)
-    from . import onnx_export
-
+    with quiet():
+        weights.ensure_weights(repo / "food_classifier" / "1", source=weights.STAND_IN)
+        blip.ensure_blip(repo / "conditional_captioning" / "1", source=blip.STAND_IN)
     onnx_export.export_onnx(repo / "food_classifier" / "1")
-    server = LocalTriton(repo, ports=Ports.free(), state_dir=work / "state", quiet=True)
+    server = EmbeddedTriton(repo, address=TritonAddress.free(), state_dir=work / "state")
     figures: dict = {"machine": devices.machine(), "repeats": repeats, "window_ms": window_ms,
                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                     "weights": "stand-in" if weights.current()["stand_in"] else "trained",
+                     "weights": "stand-in",
                      "fastest_variant": FASTEST}
     try:
-        print("starting Triton ...", flush=True)
+        log.info("starting Triton ...")
         figures["start_s"] = server.start()
         memory_all = _rss(server.recorded()["pid"])
         c8 = perf.PerfSettings(concurrency=[8], measurement_ms=window_ms)
 
-        print("1. baseline vs fastest variant at concurrency 8 ...", flush=True)
+        log.info("1. baseline vs fastest variant at concurrency 8 ...")
         _quietly(deploy, server, configs.classifier_config())
         base = _measure(server, "food_classifier", "baseline", c8, repeats)
         _quietly(deploy, server, configs.classifier_config(**FASTEST))
@@ -257,12 +262,12 @@ def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None,
                         instances=FASTEST["instances"])
         figures["baseline_c8"], figures["fastest_c8"] = base, fast
 
-        print("2. serving overhead: the same code in-process ...", flush=True)
+        log.info("2. serving overhead: the same code in-process ...")
         # Served and in-process measured in turns, so that the machine's background load
         # (shared and noisy) weighs on both alike; the target is the median of the ratios.
         pairs = []
         for _ in range(repeats):
-            alone = in_process(1)["throughput"]
+            alone = in_process(1, repository=repo)["throughput"]
             served = _measure(server, "food_classifier", "fastest", c8, 1,
                               instances=FASTEST["instances"])["throughput"]
             pairs.append((served, alone))
@@ -273,7 +278,7 @@ def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None,
             "pairs": [[round(s, 2), round(a, 2)] for s, a in pairs],
             "instances": FASTEST["instances"], "num_threads": FASTEST["num_threads"]}
 
-        print("3. config change to ready ...", flush=True)
+        log.info("3. config change to ready ...")
         reloads, torch_reloads = [], []
         for i in range(repeats):  # the eager PyTorch variant, for comparison
             cfg = configs.classifier_config(max_batch_size=16 - (i % 2) * 8)
@@ -285,7 +290,7 @@ def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None,
         figures["reload_torch_s"] = statistics.median(torch_reloads)
         figures["restart_s"] = _quietly(server.restart)
 
-        print("4. ensemble, its steps' configs as in notebook 07 ...", flush=True)
+        log.info("4. ensemble, its steps' configs as in notebook 07 ...")
         c4 = perf.PerfSettings(concurrency=[4], measurement_ms=window_ms)
         for split, batched, key in ((True, False, "ensemble_c4"),
                                     (True, True, "ensemble_batched_c4"),
@@ -297,13 +302,12 @@ def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None,
             _quietly(deploy, server, cfg)
         figures["ensemble_overhead_ms"] = ensemble_overhead(server, repeats)
 
-        print(f"5. load: {load_seconds} s at concurrency 32 (classifier) and 8 (ensemble) ...",
-              flush=True)
+        log.info(f"5. load: {load_seconds} s at concurrency 8 (ensemble) and 32 (classifier) ...")
         figures["load_ensemble_c8"] = load_run(server, "food_captioning", 8, load_seconds)
         _quietly(deploy, server, configs.classifier_config(**FASTEST))
         figures["load_classifier_c32"] = load_run(server, "food_classifier", 32, load_seconds)
 
-        print("6. memory ...", flush=True)
+        log.info("6. memory ...")
         figures["memory_all_models_mib"] = memory_all / 2**20
         pid = server.recorded()["pid"]
         extra = {}
@@ -316,7 +320,6 @@ def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None,
         figures["memory_per_extra_instance_mib"] = extra
     finally:
         server.stop()
-        os.environ.pop("TRITONLAB_MODEL_REPOSITORY", None)
         shutil.rmtree(work, ignore_errors=True)
     figures["verdicts"] = verdicts(figures)
     print_table(figures)
@@ -324,7 +327,7 @@ def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{figures['date'].replace(':', '').replace('-', '')}.json"
     path.write_text(json.dumps(figures, indent=1, default=float))
-    print(f"\nsaved to {path}")
+    log.info(f"\nsaved to {path}")
     return figures
 
 
@@ -411,16 +414,17 @@ def verdicts(f: dict) -> list[dict]:
 
 
 def print_table(f: dict) -> None:
-    print(f"\nmachine: {f['machine']['cores']} cores, {f['machine']['cpu']}; "
+    """The figures, their targets and verdicts as a table (through the tritonlab logger)."""
+    log.info(f"\nmachine: {f['machine']['cores']} cores, {f['machine']['cpu']}; "
           f"{f['repeats']} repeats, {f['window_ms']} ms windows; {f['weights']} weights")
-    print(f"{'figure':52} {'measured':30} {'target':10} result")
+    log.info(f"{'figure':52} {'measured':30} {'target':10} result")
     for row in f["verdicts"]:
         result = {True: "met", False: "MISSED", None: ""}[row["met"]]
-        print(f"{row['figure']:52} {row['measured']:30} {row['target']:10} {result}")
+        log.info(f"{row['figure']:52} {row['measured']:30} {row['target']:10} {result}")
     shares = f["fastest_c8"].get("cpu_share")
     if shares:
-        print(f"CPU during the fastest variant's runs ({f['machine']['cores']} cores): "
+        log.info(f"CPU during the fastest variant's runs ({f['machine']['cores']} cores): "
               + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
-    print(f"absolute: baseline {f['baseline_c8']['throughput']:.1f} infer/s, fastest "
+    log.info(f"absolute: baseline {f['baseline_c8']['throughput']:.1f} infer/s, fastest "
           f"{f['fastest_c8']['throughput']:.1f} infer/s, in-process "
           f"{f['in_process']['throughput']:.1f} images/s")

@@ -8,7 +8,6 @@ under data/results/ with what was measured, where and how.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -21,38 +20,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
-import requests
 
-from . import devices, results, settings
+from .. import settings
+from ..common import log
+from ..serving import configs, deploy, devices
+from . import results
 from .metrics import MetricsSampler
-
-#: perf_analyzer's CSV header -> the column name the course uses.
-COLUMNS = {
-    "Concurrency": "concurrency",
-    "Inferences/Second": "throughput (infer/s)",
-    "Client Send": "client send (us)",
-    "Network+Server Send/Recv": "network + server send/recv (us)",
-    "Server Queue": "server queue (us)",
-    "Server Compute Input": "server compute input (us)",
-    "Server Compute Infer": "server compute infer (us)",
-    "Server Compute Output": "server compute output (us)",
-    "Client Recv": "client recv (us)",
-    "p50 latency": "p50 latency (us)",
-    "p90 latency": "p90 latency (us)",
-    "p95 latency": "p95 latency (us)",
-    "p99 latency": "p99 latency (us)",
-    "Avg latency": "avg latency (us)",
-    "Avg GPU Utilization": "gpu utilization",
-    "Avg GPU Power Usage": "gpu power (W)",
-    "Max GPU Memory Usage": "gpu memory (bytes)",
-    "Total GPU Memory": "gpu memory total (bytes)",
-}
-THROUGHPUT = "throughput (infer/s)"
-P50, P95, P99 = "p50 latency (us)", "p95 latency (us)", "p99 latency (us)"
-#: The server-side part of a request's latency, in the order it happens.
-BREAKDOWN = ["server queue (us)", "server compute input (us)", "server compute infer (us)",
-             "server compute output (us)"]
-CLIENT_SIDE = ["client send (us)", "network + server send/recv (us)", "client recv (us)"]
+from .results import COLUMNS, P50, THROUGHPUT, PerfRun
 
 
 class PerfError(RuntimeError):
@@ -110,21 +84,6 @@ class Window:
 
     def describe(self) -> str:
         return f"{self.ms} ms windows"
-
-
-@dataclass
-class PerfRun:
-    """One measured variant: the tidy table, server metrics sampled meanwhile, and provenance."""
-
-    df: pd.DataFrame
-    meta: dict
-    raw: dict[int, str]
-    metrics: pd.DataFrame
-    steps: pd.DataFrame = field(default_factory=pd.DataFrame)  # an ensemble's composing models
-    path: Path | None = None
-
-    def __repr__(self) -> str:
-        return f"PerfRun({self.meta['variant']!r}, {len(self.df)} levels, saved to {self.path})"
 
 
 def binary() -> Path:
@@ -353,9 +312,14 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
             if opts.adapt_windows and (rate is None or window.ms > opts.measurement_ms):
                 # First level, or a slow model: ask the model itself how fast it answers here.
                 rate = probe(server, model, level, opts, env, workdir) or rate
+                if plan_window(opts, rate).ms > opts.measurement_ms:
+                    # Slow, or slowed for a moment by other work on the machine: ask once more
+                    # and keep the faster answer (a passing stall only ever slows a probe).
+                    again = probe(server, model, level, opts, env, workdir)
+                    rate = max(r for r in (rate, again, 0.0) if r is not None) or None
                 window = plan_window(opts, rate)
                 if window.ms > opts.measurement_ms:
-                    print(f"concurrency {level}: about {rate:.2f} infer/s, so {window.ms} ms "
+                    log.info(f"concurrency {level}: about {rate:.2f} infer/s, so {window.ms} ms "
                           f"windows (about {opts.min_requests} requests each), within "
                           f"{window.stability_percent}%.")
             for attempt in range(1, opts.max_attempts + 1):
@@ -374,7 +338,7 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
                     window, output, measured if few else None, opts, attempt)
                 if step is None:
                     if ok:  # few requests, and nothing longer to try: keep it, and say so
-                        print(f"concurrency {level}: the measurement rests on only {measured} "
+                        log.info(f"concurrency {level}: the measurement rests on only {measured} "
                               "requests: read it as a rough figure.")
                         break
                     raise PerfError(
@@ -383,7 +347,7 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
                         + (gone or explain_failure(output, model, opts, window)) + "\n"
                         f"command: {' '.join(cmd)}\nlast lines:\n{_tail(output)}")
                 window, why = step
-                print(f"concurrency {level}: {why}.")
+                log.info(f"concurrency {level}: {why}.")
             commands.append(cmd)
             raw[level] = output
             row = parse_csv(workdir / csv_path).iloc[0].to_dict()
@@ -419,20 +383,14 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
 def describe_run(server, model: str, variant: str, opts: PerfSettings, commands: list[list[str]],
                  notes: str = "") -> dict:
     """What was measured, where and how: saved with every run."""
-    base = f"http://{server.http_url}"
-    try:
-        version = requests.get(base + "/v2", timeout=5).json().get("version")
-        config = requests.get(f"{base}/v2/models/{model}/config", headers=server.api_headers,
-                              timeout=5).json()
-    except (requests.RequestException, ValueError):
-        version, config = None, None
+    config = server.model_config(model)
     return {
         "variant": variant,
         "model": model,
         "mode": server.mode,
         "device": devices.describe(config),
         "machine": devices.machine(),
-        "server_version": version,
+        "server_version": server.version(),
         "config": config,
         "concurrency": list(opts.concurrency),
         "measurement_ms": opts.measurement_ms,
@@ -460,84 +418,14 @@ def show_command(server, model: str, opts: PerfSettings | None = None,
     return " ".join(cmd)
 
 
-def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """The columns a person reads first: throughput, latency percentiles and the server's queue
-    and compute time in ms, and how many requests the figures rest on."""
-    out = df[["variant", "concurrency", THROUGHPUT]].copy()
-    for col in (P50, P95, P99):
-        out[col.replace("(us)", "(ms)")] = df[col] / 1000
-    out["server queue (ms)"] = df["server queue (us)"] / 1000
-    out["server compute infer (ms)"] = df["server compute infer (us)"] / 1000
-    if "request count" in df.columns:  # the requests the figures rest on
-        out["requests measured"] = df["request count"]
-    return out.round(2)
-
-
-def to_json(run: PerfRun) -> str:
-    return json.dumps({"meta": run.meta, "rows": run.df.to_dict(orient="records"),
-                       "steps": run.steps.to_dict(orient="records"),
-                       "metrics": run.metrics.to_dict(orient="records"),
-                       "raw": {str(k): v for k, v in run.raw.items()}}, indent=1, default=str)
-
-
-def explain_queue(df: pd.DataFrame) -> str:
-    """The queue-versus-compute story of one variant, told from its measured breakdown."""
-    rows = df.sort_values("concurrency")
-    lo, hi = rows.iloc[0], rows.iloc[-1]
-    ms = lambda row, col: row[col] / 1000  # noqa: E731
-    lines = [
-        f"At concurrency {lo['concurrency']}: {lo[THROUGHPUT]:.1f} infer/s; a request spends "
-        f"{ms(lo, 'server queue (us)'):.1f} ms queued and {ms(lo, 'server compute infer (us)'):.1f}"
-        f" ms in the model (p50 latency {ms(lo, P50):.1f} ms).",
-        f"At concurrency {hi['concurrency']}: {hi[THROUGHPUT]:.1f} infer/s; a request spends "
-        f"{ms(hi, 'server queue (us)'):.1f} ms queued and {ms(hi, 'server compute infer (us)'):.1f}"
-        f" ms in the model (p50 latency {ms(hi, P50):.1f} ms).",
-    ]
-    gain = hi[THROUGHPUT] / lo[THROUGHPUT]
-    queue_share = hi["server queue (us)"] / max(hi[P50], 1)
-    if gain < 1.3 and queue_share > 0.5:
-        lines.append(f"{hi['concurrency']}x the clients gave {gain:.2f}x the throughput: the model "
-                     "was already busy, so extra requests only wait in the queue, which is "
-                     f"{queue_share:.0%} of the p50 latency.")
-    else:
-        lines.append(f"{hi['concurrency']}x the clients gave {gain:.2f}x the throughput, with "
-                     f"{queue_share:.0%} of the p50 latency spent in the queue.")
-    return "\n".join(lines)
-
-
 def baseline(server, opts: PerfSettings, variant: str = "baseline") -> pd.DataFrame:
-    """The baseline's latest saved run if its file exists (notebook 02), else measured now."""
-    from . import deploy
-
+    """The baseline's latest saved run if its file exists (notebook 02), else measured now
+    with the config notebook 02 measures (the classifier alone, every core)."""
     saved = results.latest(variant)
     if saved is not None:
         df, path = saved
-        print(f"{variant}: using the run saved in {path} (from notebook 02).")
+        log.info(f"{variant}: using the run saved in {path} (from notebook 02).")
         return df
-    print(f"{variant}: no saved run found; measuring it now.")
-    deploy.restore_baseline(server)
+    log.info(f"{variant}: no saved run found; measuring it now.")
+    deploy.deploy(server, configs.classifier_config())
     return run(server, "food_classifier", variant, opts).df
-
-
-def compare(before: pd.DataFrame, after: pd.DataFrame) -> str:
-    """What changed between two measured variants, level by level, from their own numbers.
-
-    Throughput and p95 latency, and the two server-side parts that explain them: the time a
-    request waited in Triton's queue and the model's compute time it was part of (with dynamic
-    batching, a request's compute time is that of the whole batch it ran in).
-    """
-    b_all, a_all = before.set_index("concurrency"), after.set_index("concurrency")
-    name_b, name_a = before["variant"].iloc[0], after["variant"].iloc[0]
-    lines = [f"{name_a} against {name_b}:"]
-    for level in sorted(set(b_all.index) & set(a_all.index)):
-        b, a = b_all.loc[level], a_all.loc[level]
-        ms = lambda row, col: row[col] / 1000  # noqa: E731
-        lines.append(
-            f"  concurrency {level}: {b[THROUGHPUT]:.1f} -> {a[THROUGHPUT]:.1f} infer/s "
-            f"({a[THROUGHPUT] / b[THROUGHPUT]:.2f}x); p95 {ms(b, P95):.0f} -> {ms(a, P95):.0f} ms; "
-            f"queued {ms(b, 'server queue (us)'):.1f} -> {ms(a, 'server queue (us)'):.1f} ms, "
-            f"model compute {ms(b, 'server compute infer (us)'):.1f} -> "
-            f"{ms(a, 'server compute infer (us)'):.1f} ms per request")
-    if len(lines) == 1:
-        lines.append("  no concurrency level measured in both runs")
-    return "\n".join(lines)

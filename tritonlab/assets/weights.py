@@ -7,19 +7,21 @@ SHA-256, where it came from, and whether it is a stand-in.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import io
 import json
 import os
 import shutil
-import tempfile
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from . import settings
-from .models import classifier_module, model_dir
+from .. import settings
+from ..common import atomic_write, log
+from .repository import model_dir, network
 
 #: The trained course model: a whole pickled torchvision MobileNetV2 with an 11-class head.
 DEFAULT_URL = ("https://raw.githubusercontent.com/teaching-on-testbeds/serve-system-chi/main/"
@@ -48,7 +50,7 @@ def weights_source() -> str:
 
 def sha256_file(path: Path) -> str:
     """The SHA-256 of a file, computed as the served model checks it."""
-    return classifier_module().sha256_of(str(path))
+    return network().sha256_of(str(path))
 
 
 def download(url: str, cache_dir: Path, timeout: float = 30.0) -> Path:
@@ -61,14 +63,15 @@ def download(url: str, cache_dir: Path, timeout: float = 30.0) -> Path:
         return target
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         total = int(resp.headers.get("Content-Length") or 0) or None
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".part")
-        with os.fdopen(fd, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
-                                              desc=f"download {target.name}") as bar:
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
-                out.write(chunk)
-                bar.update(len(chunk))
-    os.replace(tmp, target)
-    return target
+
+        def copy(out) -> None:
+            with tqdm(total=total, unit="B", unit_scale=True,
+                      desc=f"download {target.name}") as bar:
+                for chunk in iter(lambda: resp.read(1 << 20), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+
+        return atomic_write(target, copy)
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -111,7 +114,7 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path} holds neither a MobileNetV2 nor a state_dict of one.")
     state = {k.removeprefix("module."): v for k, v in obj.items()}
-    net = classifier_module().build_network()
+    net = network().build_network()
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -129,7 +132,7 @@ def build_stand_in(seed: int = STAND_IN_SEED) -> dict[str, torch.Tensor]:
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    net = classifier_module().build_network()
+    net = network().build_network()
     for module in net.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = None  # cumulative average over the calibration batches
@@ -149,14 +152,12 @@ def build_stand_in(seed: int = STAND_IN_SEED) -> dict[str, torch.Tensor]:
 def save_weights(state: dict[str, torch.Tensor], folder: Path, source: str, stand_in: bool,
                  source_sha256: str | None = None) -> dict:
     """Write `food11.pt` and `food11.json` into `folder` atomically; returns the metadata."""
-    mod = classifier_module()
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    torch.save(state, tmp)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a container's user must read it
+    mod = network()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
     meta = {
-        "sha256": sha256_file(Path(tmp)),
+        "sha256": hashlib.sha256(data).hexdigest(),
         "source": source,
         "source_sha256": source_sha256,
         "stand_in": stand_in,
@@ -164,10 +165,8 @@ def save_weights(state: dict[str, torch.Tensor], folder: Path, source: str, stan
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
     }
-    os.replace(tmp, folder / mod.WEIGHTS_FILE)
-    meta_tmp = folder / (mod.WEIGHTS_META + ".tmp")
-    meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(meta_tmp, folder / mod.WEIGHTS_META)
+    atomic_write(folder / mod.WEIGHTS_FILE, data)
+    atomic_write(folder / mod.WEIGHTS_META, json.dumps(meta, indent=2) + "\n")
     return meta
 
 
@@ -175,14 +174,14 @@ def current(folder: Path | None = None) -> dict | None:
     """Metadata of the weights in `folder` if they are present and match their SHA-256."""
     folder = folder or model_dir("food_classifier")
     try:
-        _, meta = classifier_module().load_weights(str(folder))
+        _, meta = network().load_weights(str(folder))
         return meta
     except (OSError, ValueError, RuntimeError):
         return None
 
 
 def ensure_weights(folder: Path | None = None, source: str | None = None, force: bool = False,
-                   expected_sha256: str | None = None, quiet: bool = False) -> dict:
+                   expected_sha256: str | None = None) -> dict:
     """Make sure `folder` holds checked Food-11 weights; returns their metadata.
 
     Weights already there (and matching their SHA-256) are kept unless `force`. Otherwise
@@ -192,14 +191,13 @@ def ensure_weights(folder: Path | None = None, source: str | None = None, force:
     folder = Path(folder or model_dir("food_classifier"))
     source = source or weights_source()
     expected_sha256 = expected_sha256 or os.environ.get("FOOD11_SHA256") or None
-    say = (lambda *a: None) if quiet else print
     meta = None if force else current(folder)
     if meta is None:
-        meta = _build(folder, source, expected_sha256, say)
-    say(describe(meta))
-    if meta.get("stand_in") and not quiet:
-        say("To serve the trained model: `make weights` on a machine with network access, or "
-            "FOOD11_WEIGHTS=/path/to/food11.pth make weights.")
+        meta = _build(folder, source, expected_sha256)
+    log.info(describe(meta))
+    if meta.get("stand_in"):
+        log.info("To serve the trained model: `make weights` on a machine with network access, "
+                 "or FOOD11_WEIGHTS=/path/to/food11.pth make weights.")
     return meta
 
 
@@ -208,7 +206,7 @@ def pin_file(downloaded: Path) -> Path:
     return downloaded.with_name(downloaded.name + ".sha256")
 
 
-def _check_pin(path: Path, url: str, digest: str, say) -> None:
+def _check_pin(path: Path, url: str, digest: str) -> None:
     """The first download of `url` records its SHA-256; every later use must match it.
 
     A file that changed since (tampered with, truncated, or replaced upstream) stops here with a
@@ -223,11 +221,11 @@ def _check_pin(path: Path, url: str, digest: str, say) -> None:
                 f"{recorded} in {pin}. The file changed: delete both and download again only if "
                 "you trust the new file (or set FOOD11_SHA256 to the digest you expect).")
         return
-    pin.write_text(f"{digest}  {url}\n")
-    say(f"Recorded SHA-256 {digest[:16]}... of {url} in {pin}: later uses must match it.")
+    atomic_write(pin, f"{digest}  {url}\n")
+    log.info(f"Recorded SHA-256 {digest[:16]}... of {url} in {pin}: later uses must match it.")
 
 
-def _build(folder: Path, source: str, expected_sha256: str | None, say) -> dict:
+def _build(folder: Path, source: str, expected_sha256: str | None) -> dict:
     if source == STAND_IN:
         return save_weights(build_stand_in(), folder, STAND_IN, stand_in=True)
     try:
@@ -237,14 +235,14 @@ def _build(folder: Path, source: str, expected_sha256: str | None, say) -> dict:
                 raise WeightsError(f"no weights file at {path}")
             path = download(source, settings.DATA / "cache")
     except (OSError, WeightsError) as exc:
-        say(f"Could not fetch the Food-11 weights from {source}: {exc}")
+        log.warning(f"Could not fetch the Food-11 weights from {source}: {exc}")
         return save_weights(build_stand_in(), folder, STAND_IN, stand_in=True)
     digest = sha256_file(path)
     if expected_sha256 and digest != expected_sha256:
         raise WeightsError(f"{path} has SHA-256 {digest}, expected {expected_sha256}. "
                            "Delete it and fetch again, or check FOOD11_SHA256.")
     if "://" in source and not expected_sha256:  # a digest given explicitly has the last word
-        _check_pin(path, source, digest, say)
+        _check_pin(path, source, digest)
     return save_weights(read_checkpoint(path), folder, source, stand_in=False,
                         source_sha256=digest)
 
@@ -259,7 +257,7 @@ def describe(meta: dict) -> str:
 
 def copy_weights(src_folder: Path, dst_folder: Path) -> None:
     """Copy the weight files (used to build test repositories)."""
-    mod = classifier_module()
+    mod = network()
     dst_folder.mkdir(parents=True, exist_ok=True)
     for name in (mod.WEIGHTS_FILE, mod.WEIGHTS_META):
         shutil.copy2(src_folder / name, dst_folder / name)

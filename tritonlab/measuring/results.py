@@ -1,0 +1,126 @@
+"""What a measurement is and where it is kept: the course's column names, `PerfRun`, and the
+saved runs (one JSON file per run under data/results/, with a CSV of its table), read back as
+one table."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .. import settings
+from ..common import atomic_write, log
+
+#: perf_analyzer's CSV header -> the column name the course uses.
+COLUMNS = {
+    "Concurrency": "concurrency",
+    "Inferences/Second": "throughput (infer/s)",
+    "Client Send": "client send (us)",
+    "Network+Server Send/Recv": "network + server send/recv (us)",
+    "Server Queue": "server queue (us)",
+    "Server Compute Input": "server compute input (us)",
+    "Server Compute Infer": "server compute infer (us)",
+    "Server Compute Output": "server compute output (us)",
+    "Client Recv": "client recv (us)",
+    "p50 latency": "p50 latency (us)",
+    "p90 latency": "p90 latency (us)",
+    "p95 latency": "p95 latency (us)",
+    "p99 latency": "p99 latency (us)",
+    "Avg latency": "avg latency (us)",
+    "Avg GPU Utilization": "gpu utilization",
+    "Avg GPU Power Usage": "gpu power (W)",
+    "Max GPU Memory Usage": "gpu memory (bytes)",
+    "Total GPU Memory": "gpu memory total (bytes)",
+}
+THROUGHPUT = "throughput (infer/s)"
+P50, P95, P99 = "p50 latency (us)", "p95 latency (us)", "p99 latency (us)"
+#: The server-side part of a request's latency, in the order it happens.
+BREAKDOWN = ["server queue (us)", "server compute input (us)", "server compute infer (us)",
+             "server compute output (us)"]
+CLIENT_SIDE = ["client send (us)", "network + server send/recv (us)", "client recv (us)"]
+
+
+@dataclass
+class PerfRun:
+    """One measured variant: the tidy table, server metrics sampled meanwhile, and provenance."""
+
+    df: pd.DataFrame
+    meta: dict
+    raw: dict[int, str]
+    metrics: pd.DataFrame
+    steps: pd.DataFrame = field(default_factory=pd.DataFrame)  # an ensemble's composing models
+    path: Path | None = None
+
+    def __repr__(self) -> str:
+        return f"PerfRun({self.meta['variant']!r}, {len(self.df)} levels, saved to {self.path})"
+
+
+def to_json(run: PerfRun) -> str:
+    return json.dumps({"meta": run.meta, "rows": run.df.to_dict(orient="records"),
+                       "steps": run.steps.to_dict(orient="records"),
+                       "metrics": run.metrics.to_dict(orient="records"),
+                       "raw": {str(k): v for k, v in run.raw.items()}}, indent=1, default=str)
+
+
+
+
+def save_run(run: PerfRun) -> Path:
+    """Write a PerfRun as `<results>/<date>_<variant>.json` and `.csv` (the tidy table, for
+    spreadsheets and pandas alike), each atomically (never half-written)."""
+    folder = settings.results_dir()
+    stamp = run.meta["date"].replace(":", "").replace("-", "").replace("+0000", "Z")
+    slug = re.sub(r"[^a-zA-Z0-9]+", "-", run.meta["variant"]).strip("-").lower()
+    path = atomic_write(folder / f"{stamp}_{slug}.json", to_json(run))
+    atomic_write(path.with_suffix(".csv"), run.df.to_csv(index=False))
+    return path
+
+
+def load_runs(folder: Path | None = None) -> list[dict]:
+    """Every saved run, oldest first; files that cannot be read are skipped with a note."""
+    folder = folder or settings.results_dir()
+    runs = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            data["path"] = str(path)
+            runs.append(data)
+        except (OSError, ValueError) as exc:
+            log.warning(f"skipped {path.name}: {exc}")
+    return runs
+
+
+def table(folder: Path | None = None, latest: bool = True) -> pd.DataFrame:
+    """All saved rows with their run's variant, mode, device and date (latest run per variant)."""
+    frames = []
+    for data in load_runs(folder):
+        df = pd.DataFrame(data["rows"])
+        if df.empty:
+            continue
+        meta = data["meta"]
+        df["variant"] = meta["variant"]
+        for key in ("model", "mode", "device", "date", "measurement_ms", "quick"):
+            if key not in df.columns:  # a row's own window (after a retry) takes precedence
+                df[key] = meta.get(key)
+        df["file"] = Path(data["path"]).name
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    if latest:
+        newest = out.groupby("variant")["date"].transform("max")
+        out = out[out["date"] == newest]
+    return out.sort_values(["variant", "concurrency"]).reset_index(drop=True)
+
+
+def latest(variant: str, folder: Path | None = None) -> tuple[pd.DataFrame, Path] | None:
+    """The newest saved run of `variant` as (rows, file), or None."""
+    found = [d for d in load_runs(folder) if d["meta"]["variant"] == variant]
+    if not found:
+        return None
+    data = max(found, key=lambda d: d["meta"]["date"])
+    df = pd.DataFrame(data["rows"])
+    df["variant"] = variant
+    return df, Path(data["path"])
