@@ -327,7 +327,7 @@ def read_config(path: Path | str) -> mc.ModelConfig:
 
 
 def write_config(cfg: mc.ModelConfig, repository: Path | str | None = None,
-                 source: str = "tritonlab.configs", regenerate: str = "make configs",
+                 source: str = "tritonlab.serving.configs", regenerate: str = "make configs",
                  gpu_count: int | None = None, notes: str = "") -> Path:
     """Validate `cfg`, write `<repository>/<name>/config.pbtxt` atomically (and the warm-up
     data files it names); returns the config's path."""

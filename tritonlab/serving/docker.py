@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import settings
-from ..common import log
+from ..common import atomic_write, log
 from ..settings import TritonAddress
 from .server import ServerError, TritonServer
 
@@ -38,11 +38,8 @@ def api_key(state_dir: Path | None = None) -> str:
     path = (state_dir or settings.state_dir()) / "api-key"
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
+    atomic_write(path, key + "\n", mode=0o600)  # readable by its owner only
     return key
 
 
