@@ -106,18 +106,22 @@ def icc_profile(space: Space) -> bytes:
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    """`img` saved in `fmt` (any format Pillow or its plugins write), as bytes."""
     buf = io.BytesIO()
-    if fmt == "JPEG":
-        kw.setdefault("quality", 95)
     img.save(buf, format=fmt, **kw)
     return buf.getvalue()
+
+
+def _phone(fmt: str) -> dict:
+    """How a phone saves: high-quality JPEG; lossless formats as they are."""
+    return {"quality": 95} if fmt == "JPEG" else {}
 
 
 def tagged(photo: Image.Image, space: Space, fmt: str = "PNG") -> bytes:
     """`photo` (sRGB) re-expressed in `space` and saved with that space's ICC profile: it shows
     the same colours as the photo."""
     pixels = convert(np.asarray(photo.convert("RGB")), SRGB, space)
-    return encode(Image.fromarray(pixels), fmt, icc_profile=icc_profile(space))
+    return encode(Image.fromarray(pixels), fmt, icc_profile=icc_profile(space), **_phone(fmt))
 
 
 def stored(upright: np.ndarray, orientation: int) -> np.ndarray:
@@ -138,7 +142,7 @@ def sideways(photo: Image.Image, orientation: int, fmt: str = "JPEG") -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
     pixels = np.ascontiguousarray(stored(np.asarray(photo.convert("RGB")), orientation))
-    return encode(Image.fromarray(pixels), fmt, exif=exif)
+    return encode(Image.fromarray(pixels), fmt, exif=exif, **_phone(fmt))
 
 
 def sideways_jpeg(photo: Image.Image, orientation: int) -> bytes:

@@ -23,14 +23,8 @@ from .conftest import free_ports
 pytestmark = pytest.mark.server
 
 
-def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
 def _bomb() -> bytes:
-    small = _encode(Image.new("L", (8, 8)), "PNG")
+    small = photos.encode(Image.new("L", (8, 8)), "PNG")
     chunk = b"IHDR" + struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
     return small[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) \
         + small[33:]
@@ -51,17 +45,17 @@ def _cases(photo: Image.Image, jpeg: bytes) -> list[tuple[str, bytes, str]]:
         ("invalid base64", b"bm90IGFuIGltYWdl!!!===", "error"),
         ("base64 of text", base64.b64encode(b"not an image either"), "error"),
         ("decompression bomb (100000x100000 header)", _bomb(), "error"),
-        ("PNG with alpha", _encode(rgba, "PNG"), "ok"),
-        ("grayscale JPEG", _encode(photo.convert("L"), "JPEG"), "ok"),
-        ("CMYK JPEG", _encode(photo.convert("CMYK"), "JPEG"), "ok"),
-        ("16-bit PNG", _encode(grey16, "PNG"), "ok"),
+        ("PNG with alpha", photos.encode(rgba, "PNG"), "ok"),
+        ("grayscale JPEG", photos.encode(photo.convert("L"), "JPEG"), "ok"),
+        ("CMYK JPEG", photos.encode(photo.convert("CMYK"), "JPEG"), "ok"),
+        ("16-bit PNG", photos.encode(grey16, "PNG"), "ok"),
         ("animated GIF", gif.getvalue(), "ok"),
-        ("1x1 image", _encode(Image.new("RGB", (1, 1), (200, 100, 50)), "PNG"), "ok"),
+        ("1x1 image", photos.encode(Image.new("RGB", (1, 1), (200, 100, 50)), "PNG"), "ok"),
         ("base64 text of a JPEG", base64.b64encode(jpeg), "ok"),
         ("JPEG stored sideways, EXIF orientation 6", photos.sideways_jpeg(photo, 6), "ok"),
         ("Display P3 JPEG", photos.tagged(photo, photos.DISPLAY_P3, "JPEG"), "ok"),
-        ("HEIC (as iPhones save)", _encode(photo, "HEIF", quality=90), "ok"),
-        ("AVIF", _encode(photo, "AVIF", quality=90), "ok"),
+        ("HEIC (as iPhones save)", photos.encode(photo, "HEIF", quality=90), "ok"),
+        ("AVIF", photos.encode(photo, "AVIF", quality=90), "ok"),
         ("JPEG XL (no decoder here)", b"\xff\x0a" + os.urandom(512), "error: JPEG XL"),
     ]
 

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import base64
-import io
 import struct
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-
-def encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
+from .photos import encode
 
 
 @pytest.fixture(scope="module")

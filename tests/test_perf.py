@@ -296,3 +296,21 @@ def test_results_table_keeps_each_variants_newest_run_and_skips_a_corrupt_file(r
     newest, path = results.latest("a")
     assert newest[results.THROUGHPUT].tolist() == [20.0] and path.name.startswith("20261102")
     assert not list(results_dir.glob("*.tmp")) and len(list(results_dir.glob("*.csv"))) == 3
+
+
+@pytest.mark.parametrize("compute_ms,says", [
+    (13.0, "stayed about the same (13.0 and 13.0 ms): the model was already busy"),
+    (17.0, "rose too, 13.0 -> 17.0 ms (1.31x): the executions themselves got slower"),
+    (9.0, "fell, 13.0 -> 9.0 ms (0.69x)"),
+])
+def test_explain_queue_says_what_the_compute_time_did(compute_ms, says):
+    """One busy instance: 8x the clients, about the same throughput, most latency queued."""
+    df = pd.DataFrame([{"concurrency": 1, results.THROUGHPUT: 70.0, "server queue (us)": 30.0,
+                        "server compute infer (us)": 13_000.0, results.P50: 14_000.0},
+                       {"concurrency": 8, results.THROUGHPUT: 72.0,
+                        "server queue (us)": 90_000.0,
+                        "server compute infer (us)": compute_ms * 1000, results.P50: 108_000.0}])
+    story = reports.explain_queue(df)
+    assert "8x the clients gave 1.03x the throughput; at concurrency 8, 83% of the p50" in story
+    assert says in story, story
+    assert ("waited in the queue" in story) == (compute_ms == 13.0)

@@ -60,6 +60,14 @@ def test_heic_and_avif_decode_to_the_photo(decoding, photo, fmt):
     assert np.abs(decoded - np.asarray(photo).astype(int)).mean() < 4  # lossy, at quality 90
 
 
+def test_heic_refusal_names_the_missing_plugin_only_when_it_is_missing(decoding, monkeypatch):
+    monkeypatch.setattr(decoding, "HEIF_DECODER", False)
+    assert "install the pillow-heif package" in str(decoding._unsupported("HEIC/HEIF"))
+    monkeypatch.setattr(decoding, "HEIF_DECODER", True)  # installed, yet this file is unknown
+    assert "pillow-heif" not in str(decoding._unsupported("HEIC/HEIF"))
+    assert "convert the photo to JPEG" in str(decoding._unsupported("HEIC/HEIF"))
+
+
 def test_a_format_without_decoder_is_refused_by_name(decoding):
     with pytest.raises(decoding.BadImage, match="JPEG XL images cannot be decoded here.*"
                                                        "convert the photo to JPEG"):

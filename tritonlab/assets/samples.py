@@ -132,6 +132,12 @@ def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
+def serialized_bytes(data: bytes) -> bytes:
+    """One element of a BYTES tensor as Triton serialises it (in perf_analyzer's input files and
+    model_warmup's data files alike): a 4-byte little-endian length, then the bytes."""
+    return struct.pack("<I", len(data)) + data
+
+
 def perf_input_raw(images: list[Path]) -> dict:
     """perf_analyzer input data sending each image's raw JPEG bytes as INPUT_IMAGE.
 
@@ -140,8 +146,7 @@ def perf_input_raw(images: list[Path]) -> dict:
     """
     data = []
     for path in images:
-        raw = Path(path).read_bytes()
-        payload = struct.pack("<I", len(raw)) + raw
+        payload = serialized_bytes(Path(path).read_bytes())
         data.append({"INPUT_IMAGE": {"content": {"b64": base64.b64encode(payload).decode()},
                                      "shape": [1]}})
     return {"data": data}

@@ -57,21 +57,24 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def explain(df: pd.DataFrame, cold: str, warm: str) -> str:
-    """The cold-against-warm story, told from the measured medians."""
+    """The cold-against-warm story, told from the measured medians; no verdict on fewer than
+    three loads of each."""
     table = summary(df).set_index("variant")
     c, w = table.loc[cold], table.loc[warm]
     first_c, first_w = c["first request (ms)"], w["first request (ms)"]
     later = c["later requests (ms)"]
-    lines = [f"Medians over {int(min(c['loads'], w['loads']))} loads each. Without warm-up the "
-             f"first request took {first_c:.0f} ms against {later:.0f} ms for the ones after it; "
-             f"with warm-up, {first_w:.0f} ms. Load until READY: {c['load until READY (s)']:.2f}"
-             f" s cold, {w['load until READY (s)']:.2f} s with warm-up."]
-    if min(c["loads"], w["loads"]) < 3:
+    load_change = w["load until READY (s)"] - c["load until READY (s)"]
+    loads = int(min(c["loads"], w["loads"]))
+    lines = [f"Medians over {loads} loads each. Without warm-up the first request took "
+             f"{first_c:.0f} ms against {later:.0f} ms for the ones after it; with warm-up, "
+             f"{first_w:.0f} ms. Load until READY: {c['load until READY (s)']:.2f} s cold, "
+             f"{w['load until READY (s)']:.2f} s with warm-up ({load_change:+.2f} s)."]
+    if loads < 3:
         lines.append("Too few loads to call the difference: run the cell again with more loads.")
     elif first_c - first_w > max(5.0, 0.2 * later):
-        lines.append(f"Warm-up took {first_c - first_w:.0f} ms off the first request: Triton "
-                     "paid it during the load, before any client was answered.")
+        lines.append(f"Warm-up took {first_c - first_w:.0f} ms off the first request.")
     else:
-        lines.append("The first request cost about the same either way: this runtime does "
-                     "little lazily on this machine, so warm-up buys little here.")
+        lines.append(f"The first request cost about the same either way ({first_c:.0f} and "
+                     f"{first_w:.0f} ms): on this machine the first request does little that "
+                     "the later ones do not, so warm-up buys little here.")
     return "\n".join(lines)

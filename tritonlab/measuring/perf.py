@@ -70,6 +70,10 @@ class PerfSettings:
         return cls(concurrency=list(concurrency), **kw)
 
 
+#: perf_analyzer's measurement mode for every run: windows of a fixed length (`Window.ms`).
+MEASUREMENT_MODE = "time_windows"
+
+
 @dataclass(frozen=True)
 class Window:
     """How one level is measured: perf_analyzer's time windows of `ms`, which must agree within
@@ -77,10 +81,10 @@ class Window:
 
     ms: int
     stability_percent: int
-    mode: str = "time_windows"  # perf_analyzer's --measurement-mode (the course uses this one)
 
     def flags(self) -> list[str]:
-        return ["--measurement-interval", str(self.ms)]
+        return ["--measurement-mode", MEASUREMENT_MODE, "--measurement-interval", str(self.ms),
+                "--stability-percentage", str(self.stability_percent)]
 
     def describe(self) -> str:
         return f"{self.ms} ms windows"
@@ -134,8 +138,7 @@ def command(url: str, model: str, concurrency: int, csv_path: Path, opts: PerfSe
     if request_count:
         cmd += ["--request-count", str(request_count)]
     else:
-        cmd += window.flags() + ["--stability-percentage", str(window.stability_percent),
-                                 "--max-trials", str(opts.max_trials)]
+        cmd += window.flags() + ["--max-trials", str(opts.max_trials)]
     cmd += ["-f", str(csv_path)]
     if opts.collect_metrics and metrics_url:
         cmd += ["--collect-metrics", "--metrics-url", metrics_url]
@@ -217,13 +220,11 @@ def _run_perf(cmd: list[str], env: dict, workdir: Path, limit: float, server, mo
                         f"command: {' '.join(cmd)}\nlast lines:\n{_tail(output)}") from None
 
 
-def probe(server, model: str, level: int, opts: PerfSettings, env: dict | None = None,
-          workdir: Path | None = None) -> float | None:
+def probe(server, model: str, level: int, opts: PerfSettings, env: dict,
+          workdir: Path) -> float | None:
     """Inferences per second `model` answers at concurrency `level`, from a few requests
     (perf_analyzer with --request-count: about one per client, at least 4, no windows); None
     if the probe failed (the measurement that follows then says why)."""
-    env = env or environment()
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="perf_"))
     csv_path = Path(f"probe_c{level}.csv")
     cmd = command(server.http_url if opts.protocol == "http" else server.grpc_url, model, level,
                   csv_path, opts, server.metrics_url, request_count=max(4, level))
@@ -249,17 +250,17 @@ def plan_window(opts: PerfSettings, rate: float | None) -> Window:
     return Window(min(needed, opts.max_window_ms), tolerance)
 
 
-def remedy(window: Window, output: str, measured: int | None, opts: PerfSettings,
+def remedy(window: Window, output: str, few_requests: int | None, opts: PerfSettings,
            tried: int) -> tuple[Window, str] | None:
     """The next window after a measurement whose outcome means its windows were too short (no
-    valid request, too few requests, not stable), and the line that says so; None when
-    nothing longer or looser is left to try."""
+    valid request; a success that rests on only `few_requests` requests; not stable), and the
+    line that says so; None when nothing longer or looser is left to try."""
     longer = min(window.ms * 3, opts.max_window_ms)
-    if NO_VALID_REQUESTS.search(output) or measured is not None:
+    if NO_VALID_REQUESTS.search(output) or few_requests is not None:
         if longer == window.ms:
             return None
-        why = ("no request finished inside a window" if measured is None else
-               f"the measurement rests on only {measured} requests")
+        why = ("no request finished inside a window" if few_requests is None else
+               f"the measurement rests on only {few_requests} requests")
         return replace(window, ms=longer), f"{why}; measuring again with {longer} ms windows"
     if UNSTABLE not in output:
         return None
@@ -316,12 +317,12 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
                     # Slow, or slowed for a moment by other work on the machine: ask once more
                     # and keep the faster answer (a passing stall only ever slows a probe).
                     again = probe(server, model, level, opts, env, workdir)
-                    rate = max(r for r in (rate, again, 0.0) if r is not None) or None
+                    rate = max(rate or 0.0, again or 0.0) or None
                 window = plan_window(opts, rate)
                 if window.ms > opts.measurement_ms:
                     log.info(f"concurrency {level}: about {rate:.2f} infer/s, so {window.ms} ms "
-                          f"windows (about {opts.min_requests} requests each), within "
-                          f"{window.stability_percent}%.")
+                             f"windows (about {opts.min_requests} requests each), within "
+                             f"{window.stability_percent}%.")
             for attempt in range(1, opts.max_attempts + 1):
                 cmd = command(url, model, level, csv_path, opts, server.metrics_url, window)
                 limit = max(180.0, window.ms / 1000 * (opts.max_trials + 4) * 3)
@@ -338,8 +339,8 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
                     window, output, measured if few else None, opts, attempt)
                 if step is None:
                     if ok:  # few requests, and nothing longer to try: keep it, and say so
-                        log.info(f"concurrency {level}: the measurement rests on only {measured} "
-                              "requests: read it as a rough figure.")
+                        log.info(f"concurrency {level}: the measurement rests on only "
+                                 f"{measured} requests: read it as a rough figure.")
                         break
                     raise PerfError(
                         f"perf_analyzer failed at concurrency {level} for '{model}'"
@@ -351,10 +352,10 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
             commands.append(cmd)
             raw[level] = output
             row = parse_csv(workdir / csv_path).iloc[0].to_dict()
-            row["measurement_mode"] = window.mode
+            row["measurement_mode"] = MEASUREMENT_MODE
             row["measurement_ms"] = window.ms
             row["stability_percent"] = window.stability_percent
-            row["request count"] = request_count(output)
+            row["request count"] = measured
             rows.append(row)
             rate = row[THROUGHPUT] or rate
             for step_file in sorted(workdir.glob(f"*.{csv_path.name}")):

@@ -26,24 +26,35 @@ def explain_queue(df: pd.DataFrame) -> str:
     """The queue-versus-compute story of one variant, told from its measured breakdown."""
     rows = df.sort_values("concurrency")
     lo, hi = rows.iloc[0], rows.iloc[-1]
+    c_lo, c_hi = int(lo["concurrency"]), int(hi["concurrency"])
     ms = lambda row, col: row[col] / 1000  # noqa: E731
     lines = [
-        f"At concurrency {lo['concurrency']}: {lo[THROUGHPUT]:.1f} infer/s; a request spends "
+        f"At concurrency {c_lo}: {lo[THROUGHPUT]:.1f} infer/s; a request spends "
         f"{ms(lo, 'server queue (us)'):.1f} ms queued and {ms(lo, 'server compute infer (us)'):.1f}"
         f" ms in the model (p50 latency {ms(lo, P50):.1f} ms).",
-        f"At concurrency {hi['concurrency']}: {hi[THROUGHPUT]:.1f} infer/s; a request spends "
+        f"At concurrency {c_hi}: {hi[THROUGHPUT]:.1f} infer/s; a request spends "
         f"{ms(hi, 'server queue (us)'):.1f} ms queued and {ms(hi, 'server compute infer (us)'):.1f}"
         f" ms in the model (p50 latency {ms(hi, P50):.1f} ms).",
     ]
     gain = hi[THROUGHPUT] / lo[THROUGHPUT]
     queue_share = hi["server queue (us)"] / max(hi[P50], 1)
-    if gain < 1.3 and queue_share > 0.5:
-        lines.append(f"{hi['concurrency']}x the clients gave {gain:.2f}x the throughput: the model "
-                     "was already busy, so extra requests only wait in the queue, which is "
-                     f"{queue_share:.0%} of the p50 latency.")
-    else:
-        lines.append(f"{hi['concurrency']}x the clients gave {gain:.2f}x the throughput, with "
-                     f"{queue_share:.0%} of the p50 latency spent in the queue.")
+    compute = "server compute infer (us)"
+    compute_lo, compute_hi = ms(lo, compute), ms(hi, compute)
+    change = compute_hi / max(compute_lo, 1e-9)
+    lines.append(f"{c_hi / c_lo:g}x the clients gave {gain:.2f}x the "
+                 f"throughput; at concurrency {c_hi}, {queue_share:.0%} of the p50 "
+                 "latency is time in the queue.")
+    if change >= 1.15:
+        lines.append(f"Each request's time in the model rose too, {compute_lo:.1f} -> "
+                     f"{compute_hi:.1f} ms ({change:.2f}x): the executions themselves got slower "
+                     "(perf_analyzer's clients run on the same machine and take CPU time too).")
+    elif change <= 0.87:
+        lines.append(f"Each request's time in the model fell, {compute_lo:.1f} -> "
+                     f"{compute_hi:.1f} ms ({change:.2f}x).")
+    elif gain < 1.3 and queue_share > 0.5:
+        lines.append(f"Each request's time in the model stayed about the same ({compute_lo:.1f} "
+                     f"and {compute_hi:.1f} ms): the model was already busy, so the extra "
+                     "requests mostly waited in the queue.")
     return "\n".join(lines)
 
 

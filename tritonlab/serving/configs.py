@@ -98,29 +98,24 @@ def set_threads(cfg: mc.ModelConfig, num_threads: int = 0, cpu_share: float = 1.
     cfg.parameters["cpu_share"].string_value = f"{cpu_share:g}"
 
 
-def add_warmup(cfg: mc.ModelConfig, inputs: list[str], batch_sizes: tuple[int, ...] = (1,)
-               ) -> None:
-    """Warm-up samples: each input read from `warmup/<input name>` in the model's folder
-    (written by `write_warmup_files`), sent to every instance once per batch size before the
-    model is READY. A data file holds one element; Triton repeats it for the batch."""
-    for size in batch_sizes:
-        sample = cfg.model_warmup.add(name=f"sample photo, batch {size}", batch_size=size)
-        for name in inputs:
-            tensor = next(t for t in cfg.input if t.name == name)
-            sample.inputs[name].data_type = tensor.data_type
-            sample.inputs[name].dims.extend(tensor.dims)
-            sample.inputs[name].input_data_file = name
+def add_warmup(cfg: mc.ModelConfig, inputs: list[str]) -> None:
+    """A warm-up sample of batch 1: each input read from `warmup/<input name>` in the model's
+    folder (written by `write_warmup_files`), sent to every instance before the model is READY."""
+    sample = cfg.model_warmup.add(name="sample photo, batch 1", batch_size=1)
+    for name in inputs:
+        tensor = next(t for t in cfg.input if t.name == name)
+        sample.inputs[name].data_type = tensor.data_type
+        sample.inputs[name].dims.extend(tensor.dims)
+        sample.inputs[name].input_data_file = name
 
 
 def warmup_data() -> dict[str, bytes]:
-    """The contents of the warm-up data files, by input name: one BYTES element each, written
-    as Triton reads it (a 4-byte little-endian length, then the bytes)."""
-    import struct
+    """The contents of the warm-up data files, by input name: one BYTES element each, as Triton
+    reads it (see `samples.serialized_bytes`)."""
+    from ..assets.samples import serialized_bytes
 
-    image = (settings.SAMPLES / WARMUP_IMAGE).read_bytes()
-    label = WARMUP_LABEL.encode()
-    return {"INPUT_IMAGE": struct.pack("<I", len(image)) + image,
-            "FOOD_LABEL": struct.pack("<I", len(label)) + label}
+    return {"INPUT_IMAGE": serialized_bytes((settings.SAMPLES / WARMUP_IMAGE).read_bytes()),
+            "FOOD_LABEL": serialized_bytes(WARMUP_LABEL.encode())}
 
 
 def write_warmup_files(cfg: mc.ModelConfig, repository: Path | str | None = None) -> list[Path]:
@@ -131,7 +126,6 @@ def write_warmup_files(cfg: mc.ModelConfig, repository: Path | str | None = None
                     if i.input_data_file})
     paths = []
     for name in names:
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / name
         if not path.exists() or path.read_bytes() != data[name]:
             atomic_write(path, data[name])

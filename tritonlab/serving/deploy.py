@@ -26,14 +26,21 @@ def deploy(server, cfg: mc.ModelConfig, how: str = "reload", source: str = "a co
     configs.validate(cfg, folder=path.parent)
     changes = configs.diff(before, cfg)
     log.info(f"{path.relative_to(server.model_repository.parent)}: "
-          + ("\n" + changes if changes else "unchanged"))
+             + ("\n" + changes if changes else "unchanged"))
     configs.write_config(cfg, server.model_repository, source=source, regenerate=regenerate,
                          notes=notes)
     runnable, note = configs.for_this_machine(cfg, gpu_count)
     if note:
         log.info(note)
+    # What this machine ran from the file before (a GPU config runs as its CPU copy here).
+    unchanged_here = (before is not None
+                      and configs.for_this_machine(before, gpu_count)[0] == runnable)
     if how == "reload":
         seconds = server.reload_model(cfg.name, config=runnable)
+        if unchanged_here and seconds < 0.5:  # Triton reloads only a config that changed
+            log.info(f"'{cfg.name}': the same config as before on this machine, so Triton kept "
+                     f"the model it serves (answered in {seconds:.1f} s, nothing reloaded)")
+            return seconds
     elif note:
         # The file names GPUs this machine lacks: restart without it, then load the CPU copy.
         others = sorted(d.name for d in server.model_repository.iterdir()

@@ -109,12 +109,12 @@ def cpu_threads(args, cores: int | None = None) -> int:
     at the same time (the ensemble's steps) get shares that add up to at most 1, so their
     thread pools never claim more cores than there are.
     """
-    config = json.loads(args["model_config"])
-    params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+    params = config_parameters(args)
     explicit = int(params.get("num_threads", "0") or 0)
     if explicit > 0:
         return explicit
     share = float(params.get("cpu_share", "1") or 1)
     if not 0 < share <= 1:
         raise ValueError(f"cpu_share must be in (0, 1], not {share}")
+    config = json.loads(args["model_config"])
     return max(1, int((cores or usable_cores()) * share) // instance_count(config))

@@ -62,7 +62,8 @@ def format_name(data: bytes) -> str | None:
 
 
 def _unsupported(name: str) -> BadImage:
-    plugin = " (install the pillow-heif package on the server)" if name == "HEIC/HEIF" else ""
+    missing = name == "HEIC/HEIF" and not HEIF_DECODER
+    plugin = " (install the pillow-heif package on the server)" if missing else ""
     return BadImage(f"{name} images cannot be decoded here{plugin}: convert the photo to JPEG "
                     "or PNG first (on a phone: share or export it as JPEG, 'Most Compatible'; "
                     "on a computer, e.g. `magick photo.heic photo.jpg`)")
