@@ -15,6 +15,7 @@ import pytest
 from tritonlab.assets import blip, samples, weights
 from tritonlab.assets.repository import copy_repository as make_repository
 from tritonlab.assets.repository import load_model_module, model_dir
+from tritonlab.common import quiet
 from tritonlab.serving.embedded import EmbeddedTriton
 from tritonlab.settings import TritonAddress, free_ports
 
@@ -55,7 +56,12 @@ def images() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory, weights_ready) -> Path:
-    return make_repository(tmp_path_factory.mktemp("model_repository"))
+    """The session server's models. Its captioner is the tiny BLIP stand-in: these tests check
+    what the server does, not how fast (the notebooks' and the bench's run the full size)."""
+    repo = make_repository(tmp_path_factory.mktemp("model_repository"))
+    with quiet():
+        blip.ensure_blip(repo / "conditional_captioning" / "1", source=blip.STAND_IN_TINY)
+    return repo
 
 
 @pytest.fixture(scope="session")

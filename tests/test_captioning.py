@@ -16,8 +16,19 @@ def code():
 
 
 @pytest.fixture(scope="module")
-def captioner(code, weights_ready):
-    return code.Captioner(str(model_dir("conditional_captioning")), max_new_tokens=8)
+def tiny(tmp_path_factory) -> str:
+    """A tiny BLIP stand-in in its own folder: the code's logic, in a second per test."""
+    folder = tmp_path_factory.mktemp("tiny_blip")
+    blip.ensure_blip(folder, source=blip.STAND_IN_TINY)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def captioner(code, tiny):
+    return code.Captioner(tiny, max_new_tokens=8)
+
+
+LABELS = ["Bread", "Dairy product", "Noodles/Pasta", "Egg", "Vegetable/Fruit", "Bread"]
 
 
 def test_prompt_template_in_one_place(code):
@@ -32,21 +43,69 @@ def test_caption_continues_the_prompt(captioner, images):
     assert len(caption) > len("a photo of bread,")
 
 
-def test_mixed_labels_caption_as_each_would_alone(captioner, images):
-    """Prompts of different token lengths in one batch must not change any caption."""
-    labels = ["Bread", "Dairy product", "Noodles/Pasta", "Egg", "Vegetable/Fruit", "Bread"]
-    decoded = [captioner.decode(p.read_bytes()) for p in images]
-    together = captioner.caption(decoded, labels)
-    alone = [captioner.caption([img], [label])[0] for img, label in zip(decoded, labels)]
-    assert together == alone
-    tokenizer = captioner.processor.tokenizer
-    lengths = {len(tokenizer(blip.code().prompt_for(lb))["input_ids"]) for lb in labels}
+@pytest.mark.parametrize("strategy", ["generate_per_prompt_length", "encode_then_decode"])
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_mixed_labels_caption_as_each_would_alone(code, tiny, images, strategy, attention):
+    """Prompts of different token lengths in one batch must not change any caption: each
+    strategy's batch equals BLIP's own generate() run on each image alone (eager, float32)."""
+    reference = code.Captioner(tiny, max_new_tokens=8, strategy="generate_per_image",
+                               attention="eager")
+    fast = code.Captioner(tiny, max_new_tokens=8, strategy=strategy, attention=attention,
+                          vision_batch=4)
+    decoded = [reference.decode(p.read_bytes()) for p in images]
+    alone = [reference.caption([img], [label])[0] for img, label in zip(decoded, LABELS)]
+    assert fast.caption(decoded, LABELS) == alone
+    tokenizer = reference.processor.tokenizer
+    lengths = {len(tokenizer(code.prompt_for(lb))["input_ids"]) for lb in LABELS}
     assert len(lengths) > 1, "the test needs prompts of different lengths"
+    if strategy == "encode_then_decode":
+        assert set(fast.last_timing) == {"vision encoder", "text decoder"}
+
+
+def test_full_size_variants_caption_exactly_alike(code, weights_ready, images):
+    """The served variants on the full-size BLIP (real or stand-in): the fastest's captions
+    equal eager float32 generate()'s, image by image, with mixed prompt lengths in one batch."""
+    from tritonlab.serving import configs
+
+    folder = str(model_dir("conditional_captioning"))
+    keys = ("strategy", "attention", "dtype")
+    made = {name: code.Captioner(folder, max_new_tokens=6,
+                                 **{k: v for k, v in configs.CAPTIONING_VARIANTS[name].items()
+                                    if k in keys})
+            for name in configs.EXACT_VARIANTS}
+    decoded = [made["naive"].decode(p.read_bytes()) for p in images[:3]]
+    captions = {name: c.caption(decoded, LABELS[1:4]) for name, c in made.items()}
+    assert captions["fastest"] == captions["naive"] == captions["batched"]
+    assert made["naive"].model.config.vision_config.hidden_size == 768  # full size, not tiny
+
+
+def test_unknown_settings_are_named(code, tiny):
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        code.Captioner(tiny, strategy="fast please")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        code.Captioner(tiny, dtype="float8")
+
+
+def test_stand_in_has_blip_base_sizes():
+    vocab = blip.stand_in_vocabulary()
+    assert len(vocab) == blip.BERT_VOCAB_SIZE == 30522 and len(set(vocab)) == len(vocab)
+    assert [vocab[i] for i in (0, 100, 101, 102, 103)] == [
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert {"bread", "dairy", "noodles", "dessert"} <= set(vocab)
+    assert blip.BASE_VISION["image_size"] == 384 and blip.BASE_TEXT["vocab_size"] == 30524
+    meta = blip.current()
+    if meta and meta.get("size") != "tiny":  # what the server loads: BLIP-base's sizes
+        config = json.loads((model_dir("conditional_captioning") / "blip" / "config.json")
+                            .read_text())
+        for key, value in blip.BASE_VISION.items():
+            assert config["vision_config"][key] == value, key
+        for key, value in blip.BASE_TEXT.items():
+            assert config["text_config"][key] == value, key
 
 
 def test_stand_in_is_local_and_says_so(tmp_path, code):
-    meta = blip.ensure_blip(tmp_path, source=blip.STAND_IN)
-    assert meta["stand_in"] is True
+    meta = blip.ensure_blip(tmp_path, source=blip.STAND_IN_TINY)
+    assert meta["stand_in"] is True and meta["size"] == "tiny"
     saved = json.loads((tmp_path / code.WEIGHTS_META).read_text())
     assert saved == meta
     assert (tmp_path / code.WEIGHTS_FOLDER / "config.json").exists()

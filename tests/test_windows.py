@@ -75,6 +75,25 @@ def test_windows_are_planned_from_the_rate():
     assert slow.ms == 20_000 and slow.stability_percent == 30
     capped = perf.plan_window(perf.PerfSettings(min_requests=10, max_window_ms=60_000), 0.01)
     assert capped.ms == 60_000
+    # answered 8 at a time (a dynamic batch): a window spans 24 requests, 3 batches, and may
+    # count one batch more or less than the next
+    busy = perf.plan_window(opts, 1.2, group=8)
+    assert busy.ms == 20_000 and busy.stability_percent == 35
+    assert perf.plan_window(opts, 1.2, group=2).ms == 8_400            # 10 requests
+    assert perf.plan_window(opts, 1.2, group=2).stability_percent == 30
+
+
+def test_answer_groups_come_from_the_served_configs(triton):
+    """A model that batches dynamically answers up to min(concurrency, its max_batch_size) at a
+    time; an ensemble, as its batching steps do; one that does not, one at a time."""
+    classifier = triton.model_config("food_classifier")
+    assert perf.answer_group(triton, "food_classifier", 8) == (
+        min(8, classifier["max_batch_size"]) if "dynamic_batching" in classifier else 1)
+    captioning = triton.model_config("conditional_captioning")
+    expected = captioning["max_batch_size"] if "dynamic_batching" in captioning else 1
+    assert perf.answer_group(triton, "food_captioning", 16) == expected
+    assert perf.answer_group(triton, "food_captioning", 2) == min(2, expected)
+    assert perf.answer_group(triton, "no_such_model", 8) == 1
 
 
 def test_outcomes_that_mean_too_short_get_a_remedy():

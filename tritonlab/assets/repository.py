@@ -5,6 +5,7 @@ private copies of the repository for tests and `make bench`."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -107,12 +108,25 @@ def copy_repository(root: Path, names: tuple[str, ...] = COURSE_MODELS) -> Path:
     """A private copy of the course's models (tests and `make bench` rewrite configs in it).
 
     Files a notebook generates (the ONNX export) are left out, so a copy starts as a fresh clone.
+    Weight files (`*.safetensors`, nearly 1 GB for BLIP), which nothing rewrites, are hard
+    links where the file system allows them.
     """
     for name in names:
         shutil.copytree(settings.MODEL_REPOSITORY / name, Path(root) / name,
                         ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "*.onnx.json",
-                                                      ".blip-*"))
+                                                      ".blip-*"),
+                        copy_function=_link_weights)
     return Path(root)
+
+
+def _link_weights(source: str, target: str) -> None:
+    if source.endswith(".safetensors"):
+        try:
+            os.link(source, target)
+            return
+        except OSError:  # another file system, or links not allowed: copy
+            pass
+    shutil.copy2(source, target)
 
 
 def repository_tree(repository: Path | None = None) -> str:

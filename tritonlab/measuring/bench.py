@@ -22,13 +22,13 @@ import psutil
 from .. import settings
 from ..assets import blip, onnx_export, samples, weights
 from ..assets.repository import classifier_module, copy_repository
-from ..common import log, poll_until, quiet
+from ..common import log, quiet
 from ..serving import clients, configs, devices
 from ..serving.deploy import deploy
 from ..serving.embedded import EmbeddedTriton
 from ..settings import TritonAddress
-from . import perf
-from .results import P95, P99, THROUGHPUT
+from . import captioning, perf, processes
+from .results import P95, P99, REQUESTS, THROUGHPUT
 
 #: The fastest classifier variant on this 2-core CPU: ONNX Runtime in the Python backend, two
 #: instances with one thread each (one decodes JPEGs while the other runs the network), and
@@ -44,83 +44,16 @@ def _quietly(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def _tree(pid: int) -> list[psutil.Process]:
-    """Triton's process followed by all its children (the model processes)."""
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
-
-
-def _sum(processes, read) -> float:
-    """`read(process)` summed over `processes`, skipping any that ended meanwhile."""
-    total = 0.0
-    for p in processes:
-        try:
-            total += read(p)
-        except psutil.Error:
-            pass
-    return total
-
-
-def _cmdline(p: psutil.Process) -> str:
-    try:
-        return " ".join(p.cmdline())
-    except psutil.Error:  # ended meanwhile
-        return ""
-
-
-def _rss(pid: int) -> int:
-    """Resident memory of Triton and all its model processes, in bytes."""
-    return int(_sum(_tree(pid), lambda p: p.memory_info().rss))
-
-
-def _model_processes(pid: int, model: str, instances: int,
-                     timeout: float = 60.0) -> list[psutil.Process]:
-    """`model`'s processes, once exactly `instances` of them are running (after a reload, the
-    old ones may still be shutting down, and the new ones initialising)."""
-    marker = f"/{model}/1/model.py"
-
-    def stubs() -> list[psutil.Process]:
-        return [p for p in _tree(pid)[1:] if marker in _cmdline(p)]
-
-    def settled() -> list[psutil.Process] | None:
-        found = stubs()
-        return found if len(found) == instances else None
-
-    try:
-        found = poll_until(settled, timeout, 0.5, f"{instances} processes of {model}")
-    except TimeoutError:
-        found = stubs()  # counted as they are; the figure says how many it rests on
-    time.sleep(1.0)  # let the new processes finish initialising
-    return found
-
-
-def _model_rss(pid: int, model: str, instances: int) -> int:
-    """Resident memory of `model`'s `instances` processes, in bytes."""
-    return int(_sum(_model_processes(pid, model, instances), lambda p: p.memory_info().rss))
-
-
-def _cpu_seconds(pid: int) -> dict:
-    """CPU seconds used so far by Triton's own process, its model processes, and this
-    process's finished children (the perf_analyzer runs)."""
-    import resource
-
-    root, *stubs = _tree(pid)
-    cpu = lambda p: sum(p.cpu_times()[:2])  # noqa: E731  user + system
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"model processes": _sum(stubs, cpu), "tritonserver": _sum([root], cpu),
-            "perf_analyzer": children.ru_utime + children.ru_stime}
-
-
 def _measure(server, model: str, variant: str, opts: perf.PerfSettings, repeats: int,
              instances: int = 1) -> dict:
     """Median throughput and p95 of `repeats` runs, and where the machine's CPU time went."""
     pid = server.recorded()["pid"]
     if model == "food_classifier":
-        _model_processes(pid, model, instances)
-    cpu_before, began = _cpu_seconds(pid), time.monotonic()
+        processes.model_processes(pid, model, instances)
+    cpu_before, began = processes.cpu_seconds(pid), time.monotonic()
     runs = [_quietly(perf.run, server, model, variant, opts, save=False, sample_metrics=False)
             for _ in range(repeats)]
-    wall, cpu_after = time.monotonic() - began, _cpu_seconds(pid)
+    wall, cpu_after = time.monotonic() - began, processes.cpu_seconds(pid)
     capacity = wall * (psutil.cpu_count() or 1)
     shares = {k: (cpu_after[k] - cpu_before[k]) / capacity for k in cpu_before}
     shares["idle or other"] = max(0.0, 1 - sum(shares.values()))
@@ -195,7 +128,7 @@ def load_run(server, model: str, concurrency: int, seconds: int) -> dict:
     warm = perf.PerfSettings(concurrency=[concurrency], measurement_ms=3000,
                              stability_percent=100, max_trials=3)
     _quietly(perf.run, server, model, "warm-up", warm, save=False, sample_metrics=False)
-    rss_warm = _rss(pid)
+    rss_warm = processes.rss(pid)
     before = clients.model_stats(server.http_url, model)["inference_stats"]
     # Three windows of a third each; 100 % tolerance so perf_analyzer stops after three.
     opts = perf.PerfSettings(concurrency=[concurrency], measurement_ms=seconds * 1000 // 3,
@@ -205,7 +138,7 @@ def load_run(server, model: str, concurrency: int, seconds: int) -> dict:
 
     def sample() -> None:
         while not done.wait(2.0):
-            samples_mib.append(_rss(pid) / 2**20)
+            samples_mib.append(processes.rss(pid) / 2**20)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -221,7 +154,7 @@ def load_run(server, model: str, concurrency: int, seconds: int) -> dict:
         sampler.join()
     elapsed = time.monotonic() - began
     after = clients.model_stats(server.http_url, model)["inference_stats"]
-    rss_end = _rss(pid)
+    rss_end = processes.rss(pid)
     count = lambda stats, key: int(stats.get(key, {}).get("count", 0))  # noqa: E731
     return {
         "model": model, "concurrency": concurrency, "seconds": round(elapsed, 1),
@@ -245,16 +178,17 @@ def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None,
     with quiet():  # the served weights are copied; a stand-in only where there were none
         food11 = weights.ensure_weights(repo / "food_classifier" / "1", source=weights.STAND_IN)
         blip.ensure_blip(repo / "conditional_captioning" / "1", source=blip.STAND_IN)
+    blip_weights = captioning.describe_weights(repo)  # refuses the tiny stand-in
     onnx_export.export_onnx(repo / "food_classifier" / "1")
     server = EmbeddedTriton(repo, address=TritonAddress.free(), state_dir=work / "state")
     figures: dict = {"machine": devices.machine(), "repeats": repeats, "window_ms": window_ms,
                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      "weights": "stand-in" if food11.get("stand_in") else "trained",
-                     "fastest_variant": FASTEST}
+                     "fastest_variant": FASTEST, "blip": blip_weights}
     try:
         log.info("starting Triton ...")
         figures["start_s"] = server.start()
-        memory_all = _rss(server.recorded()["pid"])
+        memory_all = processes.rss(server.recorded()["pid"])
         c8 = perf.PerfSettings(concurrency=[8], measurement_ms=window_ms)
 
         log.info("1. baseline vs fastest variant at concurrency 8 ...")
@@ -293,17 +227,11 @@ def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None,
         figures["reload_torch_s"] = statistics.median(torch_reloads)
         figures["restart_s"] = _quietly(server.restart)
 
-        log.info("4. ensemble, its steps' configs as in notebook 07 ...")
-        c4 = perf.PerfSettings(concurrency=[4], measurement_ms=window_ms)
-        for split, batched, key in ((True, False, "ensemble_c4"),
-                                    (True, True, "ensemble_batched_c4"),
-                                    (False, False, "ensemble_every_core_each_c4")):
-            for cfg in configs.ensemble_steps(split, batched).values():
-                _quietly(deploy, server, cfg)
-            figures[key] = _measure(server, "food_captioning", key, c4, repeats)
-        for cfg in configs.ensemble_steps(split=True).values():
+        log.info("4. captioning (full-size BLIP) in the ensemble, variant by variant ...")
+        figures["captioning"] = captioning_figures(server, window_ms, repo)
+        for cfg in configs.ensemble_steps().values():  # as served, for the load run below
             _quietly(deploy, server, cfg)
-        figures["ensemble_overhead_ms"] = ensemble_overhead(server, repeats)
+        figures["ensemble_overhead_ms"] = ensemble_overhead(server, 1, calls=4)
 
         log.info(f"5. load: {load_seconds} s at concurrency 8 (ensemble) and 32 (classifier) ...")
         figures["load_ensemble_c8"] = load_run(server, "food_captioning", 8, load_seconds)
@@ -317,9 +245,10 @@ def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None,
         for runtime, cfg in (("onnxruntime", FASTEST), ("torch", dict(num_threads=1))):
             count = cfg.get("instances", 1)
             _quietly(deploy, server, configs.classifier_config(**dict(cfg, instances=count)))
-            before = _model_rss(pid, "food_classifier", count)
+            before = processes.model_rss(pid, "food_classifier", count)
             _quietly(deploy, server, configs.classifier_config(**dict(cfg, instances=count + 1)))
-            extra[runtime] = (_model_rss(pid, "food_classifier", count + 1) - before) / 2**20
+            after = processes.model_rss(pid, "food_classifier", count + 1)
+            extra[runtime] = (after - before) / 2**20
         figures["memory_per_extra_instance_mib"] = extra
     finally:
         server.stop()
@@ -332,6 +261,72 @@ def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None,
     path.write_text(json.dumps(figures, indent=1, default=float))
     log.info(f"\nsaved to {path}")
     return figures
+
+
+#: Concurrency levels of the captioning figures; the goal is read at the last one.
+CAPTION_LEVELS = [1, 4, 8]
+
+
+def _caption_level(server, name: str, opts: perf.PerfSettings) -> dict:
+    """One perf_analyzer run of food_captioning: per level, throughput, p95 (ms) and the
+    requests the figures rest on."""
+    run = _quietly(perf.run, server, "food_captioning", name, opts, save=False,
+                   sample_metrics=False)
+    steps = None if run.steps.empty else run.steps.set_index(["step", "concurrency"])
+    levels = {}
+    for _, row in run.df.iterrows():
+        level = int(row["concurrency"])
+        entry = {"throughput": float(row[THROUGHPUT]), "p95_ms": float(row[P95]) / 1000,
+                 "requests": int(row.get(REQUESTS, 0) or 0)}
+        if steps is not None and ("conditional_captioning", level) in steps.index:
+            step = steps.loc[("conditional_captioning", level)]
+            entry["captioning_queue_ms"] = float(step["server queue (us)"]) / 1000
+            entry["captioning_compute_ms"] = float(step["server compute infer (us)"]) / 1000
+        levels[level] = entry
+    return levels
+
+
+def captioning_figures(server, window_ms: int, repository: Path) -> dict:
+    """The captioning step's variants in the served ensemble (perf_analyzer on
+    food_captioning), the fastest's code in-process on batches of 8, whether each variant's
+    captions equal eager float32 generate()'s, and the captioner's size, load time and memory.
+
+    Each level is one perf_analyzer measurement of at least three windows that agree, each
+    holding about 12 requests (a caption takes seconds here, so repeating whole runs, as the
+    classifier's figures do, would take most of an hour).
+    """
+    opts = perf.PerfSettings(concurrency=CAPTION_LEVELS, measurement_ms=window_ms,
+                             min_requests=12)
+    top = perf.PerfSettings(concurrency=CAPTION_LEVELS[-1:], measurement_ms=window_ms,
+                            min_requests=12)
+    out: dict = {"levels": CAPTION_LEVELS, "weights": captioning.describe_weights(repository)}
+    plans = (("naive", dict(split=False, captioning="naive"), opts),
+             ("fastest", dict(captioning="fastest"), opts),
+             ("fastest, cores in halves", dict(shares={"food_classifier": 0.5,
+                                                       "conditional_captioning": 0.5}), top),
+             ("fastest_bfloat16", dict(captioning="fastest_bfloat16"), top))
+    for name, plan, settings_ in plans:
+        log.info(f"   {name} ...")
+        for step, cfg in configs.ensemble_steps(**plan).items():
+            seconds = _quietly(deploy, server, cfg)
+            if step == "conditional_captioning" and name == "fastest":
+                out["reload_s"] = seconds  # naive -> fastest: a config change, new processes
+        out[name] = _caption_level(server, name, settings_)
+    log.info("   in-process: the same code on batches of 8, outside Triton ...")
+    for cfg in configs.ensemble_steps().values():  # as served, while the captioner loads apart
+        _quietly(deploy, server, cfg)
+    runs = {v: captioning.in_process(v, batch=8, batches=1 if v == "naive" else 2,
+                                     repository=repository)
+            for v in ("fastest", "naive", "fastest_bfloat16")}
+    reference = runs["naive"]["captions"]  # eager float32 generate(), one image at a time
+    out["in_process"] = {v: {k: r[k] for k in ("images_per_s", "seconds_per_image", "threads")}
+                         for v, r in runs.items()}
+    out["captions_equal_eager_float32"] = {
+        v: sum(a == b for a, b in zip(r["captions"], reference)) for v, r in runs.items()}
+    out["captions_compared"] = len(reference)
+    log.info("   load time and memory per instance ...")
+    out["footprint"] = captioning.footprint(server)
+    return out
 
 
 def ensemble_overhead(server, repeats: int, calls: int = 10) -> dict:
@@ -386,12 +381,6 @@ def verdicts(f: dict) -> list[dict]:
         ("reload, eager PyTorch variant (median)", f"{f['reload_torch_s']:.1f} s", "(reported)",
          None),
         ("full restart", f"{f['restart_s']:.1f} s", "(reported)", None),
-        ("ensemble c=4: captioning batched vs not",
-         f"{f['ensemble_batched_c4']['throughput']:.1f} vs "
-         f"{f['ensemble_c4']['throughput']:.1f} infer/s", "(reported)", None),
-        ("ensemble c=4: cores split vs every core each",
-         f"{f['ensemble_c4']['throughput']:.1f} vs "
-         f"{f['ensemble_every_core_each_c4']['throughput']:.1f} infer/s", "(reported)", None),
         ("ensemble vs two client calls (mean latency)",
          f"{f['ensemble_overhead_ms']['ensemble_ms']:.0f} vs "
          f"{f['ensemble_overhead_ms']['two_calls_ms']:.0f} ms", "(reported)", None),
@@ -401,6 +390,7 @@ def verdicts(f: dict) -> list[dict]:
          f"{f['memory_per_extra_instance_mib']['onnxruntime']:.0f}, "
          f"{f['memory_per_extra_instance_mib']['torch']:.0f} MiB", "(reported)", None),
     ]
+    rows += captioning_verdicts(f["captioning"])
     for key, name in (("load_classifier_c32", "classifier"), ("load_ensemble_c8", "ensemble")):
         load = f[key]
         rows.append((f"load {name} c={load['concurrency']}, {load['seconds']:.0f} s: failed "
@@ -416,6 +406,53 @@ def verdicts(f: dict) -> list[dict]:
              "met": None if d is None else bool(d)} for a, b, c, d in rows]
 
 
+def captioning_verdicts(c: dict) -> list[tuple]:
+    """The captioning rows of the table: the goal at the top level, then what explains it."""
+    top = c["levels"][-1]
+    naive, fast = c["naive"][top], c["fastest"][top]
+    speedup = fast["throughput"] / naive["throughput"]
+    alone = c["in_process"]["fastest"]["images_per_s"]
+    share = fast["throughput"] / alone
+    equal, compared = c["captions_equal_eager_float32"], c["captions_compared"]
+    rows = [
+        (f"captioning fastest vs naive at c={top}", f"{speedup:.2f}x ({fast['throughput']:.2f} "
+         f"vs {naive['throughput']:.2f} infer/s)", ">= 2x", speedup >= 2),
+        (f"captioning fastest vs naive p95 at c={top}", f"{fast['p95_ms'] / 1000:.1f} vs "
+         f"{naive['p95_ms'] / 1000:.1f} s", "no worse", fast["p95_ms"] <= naive["p95_ms"]),
+        (f"captioning served / in-process (fastest, c={top})",
+         f"{share:.0%} ({fast['throughput']:.2f} vs {alone:.2f}/s)", ">= 90%", share >= 0.9),
+        ("captions equal eager float32 generate(): fastest", f"{equal['fastest']} of {compared}",
+         f"{compared}", equal["fastest"] == compared),
+        ("captions equal eager float32: bfloat16 (opt-in)",
+         f"{equal['fastest_bfloat16']} of {compared}", "(reported)", None),
+    ]
+    for level in c["levels"]:
+        a, b = c["naive"][level], c["fastest"][level]
+        rows.append((f"captioning c={level}: naive, fastest (infer/s; p95)",
+                     f"{a['throughput']:.2f}, {b['throughput']:.2f}; "
+                     f"{a['p95_ms'] / 1000:.1f}, {b['p95_ms'] / 1000:.1f} s", "(reported)", None))
+    halves = c["fastest, cores in halves"][top]
+    bf16 = c["fastest_bfloat16"][top]
+    parts = c["in_process"]["fastest"]["seconds_per_image"]
+    w, fp = c["weights"], c["footprint"]
+    rss = fp.get("rss_mib_per_instance")
+    rows += [
+        (f"captioning c={top}: cores by work vs in halves", f"{fast['throughput']:.2f} vs "
+         f"{halves['throughput']:.2f} infer/s", "(reported)", None),
+        (f"captioning c={top}: bfloat16 (opt-in) vs fastest", f"{bf16['throughput']:.2f} vs "
+         f"{fast['throughput']:.2f} infer/s", "(reported)", None),
+        ("captioning in-process, s per image by part",
+         ", ".join(f"{k} {v:.2f}" for k, v in parts.items()), "(reported)", None),
+        ("captioner: parameters, weights on disk", f"{w['parameters_m']:.0f} M, "
+         f"{w['disk_mib']} MiB ({'stand-in' if w['stand_in'] else 'real'})", "(reported)", None),
+        ("captioner: load, reload with a changed config", f"{fp['load_s']:.1f} s, "
+         f"{c['reload_s']:.1f} s (both with warm-up)", "(reported)", None),
+        ("captioner: RSS per instance", f"{rss} MiB" if rss is not None else "n/a",
+         "(reported)", None),
+    ]
+    return rows
+
+
 def print_table(f: dict) -> None:
     """The figures, their targets and verdicts as a table (through the tritonlab logger)."""
     log.info(f"\nmachine: {f['machine']['cores']} cores, {f['machine']['cpu']}; "
@@ -428,6 +465,10 @@ def print_table(f: dict) -> None:
     if shares:
         log.info(f"CPU during the fastest variant's runs ({f['machine']['cores']} cores): "
               + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
+    w = f.get("blip") or {}
+    if w:
+        log.info(f"captioning model: {w['weights']}, {w['parameters_m']:.0f} M parameters; "
+                 "a stand-in's captions run to max_new_tokens, so its times are an upper bound")
     log.info(f"absolute: baseline {f['baseline_c8']['throughput']:.1f} infer/s, fastest "
           f"{f['fastest_c8']['throughput']:.1f} infer/s, in-process "
           f"{f['in_process']['throughput']:.1f} images/s")

@@ -237,16 +237,41 @@ def probe(server, model: str, level: int, opts: PerfSettings, env: dict,
     return level * opts.batch_size / latency_s if latency_s > 0 else None
 
 
-def plan_window(opts: PerfSettings, rate: float | None) -> Window:
+def window_requests(opts: PerfSettings, group: int = 1) -> int:
+    """Requests one window should hold: `min_requests`, and at least three `group`s. A model
+    that batches dynamically answers the requests in flight together, up to `group` at a time
+    (the concurrency, at most its max_batch_size): a window must span several such groups to
+    count them steadily."""
+    return max(opts.min_requests, 3 * group)
+
+
+def answer_group(server, model: str, concurrency: int) -> int:
+    """How many answers can come back at once at `concurrency`: up to the largest
+    max_batch_size among the model (or an ensemble's steps) that batch dynamically, and never
+    more than the requests in flight; 1 when none batches (or the server does not say)."""
+    config = server.model_config(model) or {}
+    steps = config.get("ensemble_scheduling", {}).get("step", [])
+    group = 1
+    for cfg in ([server.model_config(s.get("model_name", "")) or {} for s in steps]
+                if steps else [config]):
+        if "dynamic_batching" in cfg:
+            group = max(group, int(cfg.get("max_batch_size", 1) or 1))
+    return max(1, min(group, concurrency))
+
+
+def plan_window(opts: PerfSettings, rate: float | None, group: int = 1) -> Window:
     """The window for a level expected to run at about `rate` infer/s: `measurement_ms`, or
-    long enough for `min_requests` requests, with the tolerance so few requests allow."""
+    long enough for `window_requests` requests, with the tolerance so few requests, answered
+    `group` at a time, allow (at least 300/requests %, and one group's share of a window)."""
     window = Window(opts.measurement_ms, opts.stability_percent)
     if not opts.adapt_windows or not rate:
         return window
-    needed = math.ceil(opts.min_requests / rate * 1000 / 100) * 100
+    requests = window_requests(opts, group)
+    needed = math.ceil(requests / rate * 1000 / 100) * 100
     if needed <= opts.measurement_ms:
         return window
-    tolerance = max(opts.stability_percent, math.ceil(300 / opts.min_requests))
+    tolerance = max(opts.stability_percent, math.ceil(300 / requests),
+                    math.ceil(100 * group / requests) + 1)
     return Window(min(needed, opts.max_window_ms), tolerance)
 
 
@@ -309,19 +334,21 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
             # A bare file name: for an ensemble perf_analyzer also writes one file per composing
             # model, named <model>_v<version>.<this name>, in its working folder.
             csv_path = Path(f"c{level}.csv")
-            window = plan_window(opts, rate)
+            group = answer_group(server, model, level) if opts.adapt_windows else 1
+            window = plan_window(opts, rate, group)
             if opts.adapt_windows and (rate is None or window.ms > opts.measurement_ms):
                 # First level, or a slow model: ask the model itself how fast it answers here.
                 rate = probe(server, model, level, opts, env, workdir) or rate
-                if plan_window(opts, rate).ms > opts.measurement_ms:
+                if plan_window(opts, rate, group).ms > opts.measurement_ms:
                     # Slow, or slowed for a moment by other work on the machine: ask once more
                     # and keep the faster answer (a passing stall only ever slows a probe).
                     again = probe(server, model, level, opts, env, workdir)
                     rate = max(rate or 0.0, again or 0.0) or None
-                window = plan_window(opts, rate)
+                window = plan_window(opts, rate, group)
                 if window.ms > opts.measurement_ms:
+                    count = window_requests(opts, group)
                     log.info(f"concurrency {level}: about {rate:.2f} infer/s, so {window.ms} ms "
-                             f"windows (about {opts.min_requests} requests each), within "
+                             f"windows (about {count} requests each), within "
                              f"{window.stability_percent}%.")
             for attempt in range(1, opts.max_attempts + 1):
                 cmd = command(url, model, level, csv_path, opts, server.metrics_url, window)

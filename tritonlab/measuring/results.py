@@ -37,6 +37,8 @@ COLUMNS = {
 }
 THROUGHPUT = "throughput (infer/s)"
 P50, P95, P99 = "p50 latency (us)", "p95 latency (us)", "p99 latency (us)"
+#: The requests a row's figures rest on (perf_analyzer's count over the measured windows).
+REQUESTS = "request count"
 #: The server-side part of a request's latency, in the order it happens.
 BREAKDOWN = ["server queue (us)", "server compute input (us)", "server compute infer (us)",
              "server compute output (us)"]

@@ -69,10 +69,15 @@ def captioning_config(name: str = "conditional_captioning", max_batch_size: int 
                       instances: int = 1, kind: str = "KIND_CPU", gpus: list[int] | None = None,
                       num_threads: int = 0, cpu_share: float = 1.0, max_new_tokens: int = 20,
                       num_beams: int = 1, dynamic_batching: dict | None = None,
+                      strategy: str = "encode_then_decode", vision_batch: int = 4,
+                      attention: str = "sdpa", dtype: str = "float32",
                       warmup: bool = True) -> mc.ModelConfig:
     """BLIP conditional captioning: an encoded image and its food label in, a caption out.
 
     Threads as in `classifier_config`; `warmup` captions the sample photo at load time.
+    `strategy`, `vision_batch`, `attention` and `dtype` choose how `blip_captioner.py` runs a
+    batch (its docstring explains each); CAPTIONING_VARIANTS names the combinations the course
+    measures.
     """
     cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
     cfg.input.add(name="INPUT_IMAGE", data_type=mc.TYPE_STRING, dims=[1])
@@ -80,7 +85,9 @@ def captioning_config(name: str = "conditional_captioning", max_batch_size: int 
     cfg.output.add(name="CAPTION", data_type=mc.TYPE_STRING, dims=[1])
     add_instance_groups(cfg, [{"count": instances, "kind": kind, "gpus": gpus or []}])
     set_threads(cfg, num_threads, cpu_share)
-    for key, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
+    for key, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams),
+                       ("strategy", strategy), ("vision_batch", vision_batch),
+                       ("attention", attention), ("dtype", dtype)):
         cfg.parameters[key].string_value = str(value)
     set_dynamic_batching(cfg, dynamic_batching)
     if warmup:
@@ -341,47 +348,77 @@ def diff(old: mc.ModelConfig | None, new: mc.ModelConfig) -> str:
                                           lineterm=""))
 
 
-#: The share of the machine's cores each step of the ensemble gets in the served repository.
-ENSEMBLE_CPU_SHARE = {"food_classifier": 0.5, "conditional_captioning": 0.5}
+#: The share of the machine's cores each step of the ensemble gets in the served repository,
+#: weighted by the work each does: a caption costs BLIP-base about 40 times what a label costs
+#: MobileNetV2, so the captioner gets every core and the classifier half of them (one thread
+#: on 2 cores), which it holds for a few percent of the time. Halves each measured 0.61
+#: against 0.82 infer/s at concurrency 8 here (`make bench` measures both).
+ENSEMBLE_CPU_SHARE = {"food_classifier": 0.5, "conditional_captioning": 1.0}
+
+#: Dynamic batching on the captioning step. A batch of 8 captions takes seconds on 2 CPU cores,
+#: so waiting up to 500 ms for a full batch costs little there, and each generated token then
+#: reads the text decoder's weights once for 8 images. Measured here at concurrency 8: 100 ms
+#: gave batches of about 4 (the requests of the previous batch are still in the classifier)
+#: and 0.82 infer/s; 500 ms gave batches of 8 and 1.33 infer/s. With fewer requests in flight
+#: than 8, each batch waits the whole 500 ms (notebook 07 shows the cost at concurrency 1).
+CAPTIONING_BATCHING = {"preferred_batch_size": [8], "max_queue_delay_microseconds": 500000}
+
+#: How the captioning step can run, from the first model a user writes to the course's fastest
+#: (notebook 07 and `make bench` measure them; `captioning_config` takes each dict):
+CAPTIONING_VARIANTS = {
+    # one model.generate() per image, transformers' eager attention, no dynamic batching
+    "naive": dict(strategy="generate_per_image", attention="eager"),
+    # Triton batches requests; one generate() per prompt length (each caption as alone)
+    "batched": dict(strategy="generate_per_prompt_length", attention="eager",
+                    dynamic_batching=CAPTIONING_BATCHING),
+    # the vision encoder with fused attention, then one text-decoder generate() per batch
+    "fastest": dict(strategy="encode_then_decode", attention="sdpa",
+                    dynamic_batching=CAPTIONING_BATCHING),
+    # opt-in, reduced precision: captions may differ from float32's (reported, never served)
+    "fastest_bfloat16": dict(strategy="encode_then_decode", attention="sdpa",
+                             dtype="bfloat16", dynamic_batching=CAPTIONING_BATCHING),
+}
+#: Variants whose captions must equal eager float32 PyTorch's (the tests check it).
+EXACT_VARIANTS = ("naive", "batched", "fastest")
+SERVED_CAPTIONING = "fastest"
 
 #: Why the committed configs are as they are, written into each file as comments.
 COURSE_NOTES = {
     "food_classifier": (
         "Threads: cpu_share 0.5. The served repository also runs conditional_captioning, and\n"
-        "the food_captioning ensemble runs both models at the same time: each gets half of the\n"
-        "machine's cores, so their thread pools never claim more cores than there are. With\n"
-        "every core each they fight over the cores and the ensemble stalls (notebook 07\n"
-        "measures both). Measuring the classifier alone, notebooks 02-06 give it every core\n"
-        "(cpu_share 1)."),
+        "the food_captioning ensemble runs both models at the same time. A caption costs about\n"
+        "40 times a label, so the captioner gets every core and this model half of them (see\n"
+        "ENSEMBLE_CPU_SHARE in tritonlab/serving/configs.py for what was measured). Measuring\n"
+        "the classifier alone, notebooks 02-06 give it every core (cpu_share 1)."),
     "conditional_captioning": (
-        "Threads: cpu_share 0.5, the other half of the cores to food_classifier, which runs\n"
-        "beside it in the food_captioning ensemble (see that model's config)."),
+        "Threads: cpu_share 1, every core: a caption costs about 40 times a label, so the\n"
+        "classifier beside it in the food_captioning ensemble gets half the cores and holds\n"
+        "them for a few percent of the time (see that model's config).\n"
+        "Variant: 'fastest' of tritonlab.serving.configs.CAPTIONING_VARIANTS, with dynamic\n"
+        "batching that waits up to 500 ms for a batch of 8 (notebook 07 measures it against\n"
+        "the naive variant; CAPTIONING_BATCHING says why 500 ms)."),
     "food_captioning": (
-        "The two steps run at the same time on different requests: their configs split the\n"
-        "machine's cores between them (cpu_share 0.5 each). Ensembles take no model_warmup:\n"
-        "their steps are warmed up by their own configs."),
+        "The two steps run at the same time on different requests: their configs share the\n"
+        "machine's cores by the work each does (cpu_share 1 for captioning, 0.5 for the\n"
+        "classifier). Ensembles take no model_warmup: their steps are warmed up by their own\n"
+        "configs."),
 }
 
 
-#: Dynamic batching on the captioning step (notebook 07 and `make bench` alike).
-CAPTIONING_BATCHING = {"preferred_batch_size": [4, 8], "max_queue_delay_microseconds": 5000}
-
-
-def ensemble_steps(split: bool = True, batched_captioning: bool = False
-                   ) -> dict[str, mc.ModelConfig]:
+def ensemble_steps(split: bool = True, captioning: str = SERVED_CAPTIONING,
+                   shares: dict[str, float] | None = None) -> dict[str, mc.ModelConfig]:
     """The configs of the food_captioning ensemble's two steps, keyed by model name.
 
-    `split`: the machine's cores shared between the steps as served (ENSEMBLE_CPU_SHARE);
-    otherwise each step's runtime takes every core, as PyTorch does by default, and the two
-    pools, running at once, claim twice the cores there are. `batched_captioning` adds
-    CAPTIONING_BATCHING to the captioning step.
+    `split`: the machine's cores shared between the steps as served (ENSEMBLE_CPU_SHARE, or
+    `shares`); otherwise each step's runtime takes every core, as PyTorch does by default, and
+    the two pools, running at once, claim twice the cores there are. `captioning` names the
+    captioning step's variant in CAPTIONING_VARIANTS.
     """
-    share = ENSEMBLE_CPU_SHARE if split else {name: 1.0 for name in ENSEMBLE_CPU_SHARE}
+    share = (shares or ENSEMBLE_CPU_SHARE) if split else {n: 1.0 for n in ENSEMBLE_CPU_SHARE}
     return {
         "food_classifier": classifier_config(cpu_share=share["food_classifier"]),
         "conditional_captioning": captioning_config(
-            cpu_share=share["conditional_captioning"],
-            dynamic_batching=CAPTIONING_BATCHING if batched_captioning else None)}
+            cpu_share=share["conditional_captioning"], **CAPTIONING_VARIANTS[captioning])}
 
 
 def course_configs() -> dict[str, mc.ModelConfig]:

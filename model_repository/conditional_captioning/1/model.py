@@ -37,13 +37,18 @@ class TritonPythonModel:
         self.captioner = blip_captioner.Captioner(
             HERE, device=device, num_threads=backend_helpers.cpu_threads(args),
             max_new_tokens=int(params.get("max_new_tokens", "20") or 20),
-            num_beams=int(params.get("num_beams", "1") or 1))
+            num_beams=int(params.get("num_beams", "1") or 1),
+            strategy=params.get("strategy") or "encode_then_decode",
+            vision_batch=int(params.get("vision_batch", "4") or 4),
+            attention=params.get("attention") or "sdpa",
+            dtype=params.get("dtype") or "float32")
         name = args["model_instance_name"]
-        print(f"[{name}] BLIP captioning on {device}, {self.captioner.threads} threads; "
+        print(f"[{name}] BLIP captioning on {device}: {self.captioner.settings}; "
               f"weights from {self.captioner.meta.get('source')}", flush=True)
         if self.captioner.stand_in:
-            print(f"[{name}] WARNING: serving a STAND-IN BLIP (tiny, seeded random weights): its "
-                  "captions are the prompt followed by random words.", flush=True)
+            print(f"[{name}] WARNING: serving a STAND-IN BLIP ({self.captioner.meta.get('size')}"
+                  ", seeded random weights): its captions are the prompt followed by random "
+                  "words.", flush=True)
 
     def request_inputs(self, request) -> tuple[list, list]:
         """The decoded images and the labels of one request; BadImage says what is wrong."""

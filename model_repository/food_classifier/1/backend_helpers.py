@@ -106,8 +106,8 @@ def cpu_threads(args, cores: int | None = None) -> int:
     `num_threads` > 0 is taken as it is. Otherwise the instance gets its share of the cores:
     `cpu_share` (default 1) is the fraction of the machine's cores that all instances of this
     model use together, split evenly between them (at least one thread each). Models that run
-    at the same time (the ensemble's steps) get shares that add up to at most 1, so their
-    thread pools never claim more cores than there are.
+    at the same time (the ensemble's steps) get shares by the work each does (see
+    ENSEMBLE_CPU_SHARE in tritonlab/serving/configs.py).
     """
     params = config_parameters(args)
     explicit = int(params.get("num_threads", "0") or 0)

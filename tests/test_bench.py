@@ -1,0 +1,89 @@
+"""`make bench`'s verdicts, on made-up figures: each target met or missed from the numbers."""
+
+from __future__ import annotations
+
+import copy
+
+from tritonlab.measuring import bench
+
+
+def _level(throughput: float, p95_s: float) -> dict:
+    return {"throughput": throughput, "p95_ms": p95_s * 1000, "requests": 24}
+
+
+FIGURES = {
+    "levels": [1, 4, 8],
+    "naive": {1: _level(0.6, 1.7), 4: _level(0.6, 7.0), 8: _level(0.6, 14.0)},
+    "fastest": {1: _level(0.5, 2.0), 4: _level(0.9, 5.0), 8: _level(1.3, 7.0)},
+    "fastest, cores in halves": {8: _level(0.7, 12.0)},
+    "fastest_bfloat16": {8: _level(3.0, 3.0)},
+    "in_process": {"fastest": {"images_per_s": 1.35, "threads": 2,
+                               "seconds_per_image": {"vision encoder": 0.55,
+                                                     "text decoder": 0.2}}},
+    "captions_equal_eager_float32": {"fastest": 8, "naive": 8, "fastest_bfloat16": 4},
+    "captions_compared": 8,
+    "weights": {"parameters_m": 224.0, "disk_mib": 855, "stand_in": True},
+    "footprint": {"load_s": 9.5, "rss_mib_per_instance": 1400},
+    "reload_s": 10.2,
+}
+
+
+def _verdicts(figures: dict) -> dict[str, tuple[str, bool | None]]:
+    return {row[0]: (row[1], row[3]) for row in bench.captioning_verdicts(figures)}
+
+
+def test_goal_met_when_fastest_doubles_naive_with_no_worse_p95():
+    v = _verdicts(FIGURES)
+    assert v["captioning fastest vs naive at c=8"] == ("2.17x (1.30 vs 0.60 infer/s)", True)
+    assert v["captioning fastest vs naive p95 at c=8"] == ("7.0 vs 14.0 s", True)
+    assert v["captioning served / in-process (fastest, c=8)"] == ("96% (1.30 vs 1.35/s)", True)
+    assert v["captions equal eager float32 generate(): fastest"] == ("8 of 8", True)
+    assert v["captions equal eager float32: bfloat16 (opt-in)"] == ("4 of 8", None)
+
+
+def test_goal_missed_when_slower_or_captions_change():
+    worse = copy.deepcopy(FIGURES)
+    worse["fastest"][8] = _level(1.1, 15.0)
+    worse["captions_equal_eager_float32"]["fastest"] = 7
+    worse["in_process"]["fastest"]["images_per_s"] = 1.2
+    v = _verdicts(worse)
+    assert v["captioning fastest vs naive at c=8"][1] is False
+    assert v["captioning fastest vs naive p95 at c=8"][1] is False
+    assert v["captioning served / in-process (fastest, c=8)"] == ("92% (1.10 vs 1.20/s)", True)
+    assert v["captions equal eager float32 generate(): fastest"] == ("7 of 8", False)
+
+
+def test_memory_missing_outside_this_machine_is_said():
+    docker = copy.deepcopy(FIGURES)
+    docker["footprint"] = {"load_s": 9.5, "rss_mib_per_instance": None}
+    assert _verdicts(docker)["captioner: RSS per instance"] == ("n/a", None)
+
+
+def test_bench_verdicts_compare_against_the_targets():
+    figures = {"baseline_c8": {"throughput": 30.0, "p95_ms": 300.0},
+               "fastest_c8": {"throughput": 95.0, "p95_ms": 120.0},
+               "in_process": {"throughput": 100.0, "served_throughput": 95.0,
+                              "served_share": 0.95}, "reload_s": 6.0, "restart_s": 12.0,
+               "reload_torch_s": 6.5, "captioning": FIGURES,
+               "ensemble_overhead_ms": {"ensemble_ms": 140.0, "two_calls_ms": 125.0},
+               "memory_all_models_mib": 1400.0,
+               "memory_per_extra_instance_mib": {"onnxruntime": 200.0, "torch": 900.0},
+               "load_classifier_c32": {"concurrency": 32, "seconds": 61.0,
+                                       "requests_ok": 6000, "requests_failed": 0,
+                                       "perf_analyzer_error": None,
+                                       "rss_end_mib": 1500.0, "rss_after_warmup_mib": 1450.0,
+                                       "rss_growth": 1500 / 1450 - 1},
+               "load_ensemble_c8": {"concurrency": 8, "seconds": 62.0, "requests_ok": 1200,
+                                    "requests_failed": 3, "perf_analyzer_error": None,
+                                    "rss_end_mib": 1700.0, "rss_after_warmup_mib": 1500.0,
+                                    "rss_growth": 1700 / 1500 - 1}}
+    met = {row["figure"]: row["met"] for row in bench.verdicts(figures)}
+    assert met["load classifier c=32, 61 s: failed requests"] is True
+    assert met["load classifier: RSS end vs after warm-up"] is True    # +3.4%
+    assert met["load ensemble c=8, 62 s: failed requests"] is False    # 3 failed
+    assert met["load ensemble: RSS end vs after warm-up"] is False     # +13%
+    assert met["fastest vs baseline throughput at c=8"] is True       # 3.17x
+    assert met["fastest vs baseline p95 at c=8"] is True
+    assert met["served / in-process throughput (fastest, in turns)"] is True     # 95%
+    assert met["reload with changed config (median)"] is False        # 6 s > 5 s
+    assert met["full restart"] is None                                 # reported only

@@ -1,0 +1,183 @@
+"""The captioning model measured on its own: its size, load time and memory, and its code run
+in-process on the same batches as served (for the served/in-process ratio and the profile).
+
+Figures come from the full-size model only (real BLIP-base or its stand-in of the same size):
+`describe_weights` says which, and a tiny stand-in is refused, since its timings mean nothing.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from ..assets import blip, samples
+from ..assets.repository import model_dir
+from . import processes
+
+MODEL = "conditional_captioning"
+
+#: Food-11's labels, in the order the in-process runs cycle through them: prompts of 1 to 3
+#: label tokens, mixed in every batch, as the classifier's labels are in the ensemble.
+LABELS = ("Bread", "Dairy product", "Dessert", "Egg", "Fried food", "Meat", "Noodles/Pasta",
+          "Rice", "Seafood", "Soup", "Vegetable/Fruit")
+
+
+def weights_folder(repository: Path | None = None) -> Path:
+    """The captioner's version folder, where its BLIP weights lie."""
+    return model_dir(MODEL, repository=repository)
+
+
+def describe_weights(repository: Path | None = None) -> dict:
+    """What the captioner serves: source, stand-in or not, size ('base', 'tiny' or 'real'),
+    parameters (millions, read from the safetensors header without loading) and MiB on disk.
+    Raises ValueError for the tiny stand-in, whose timings mean nothing."""
+    from safetensors import safe_open
+
+    folder = weights_folder(repository)
+    meta = blip.current(folder)
+    if meta is None:
+        raise FileNotFoundError(f"no BLIP weights in {folder}: run `make install`")
+    if meta.get("size") == "tiny":
+        raise ValueError("the tiny BLIP stand-in is served: its timings mean nothing. Build the "
+                         "full-size one: `python -m tritonlab prepare --source stand-in`")
+    files = sorted((folder / blip.code().WEIGHTS_FOLDER).glob("*.safetensors"))
+    params = 0
+    for path in files:
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():
+                count = 1
+                for dim in f.get_slice(key).get_shape():
+                    count *= dim
+                params += count
+    on_disk = sum(p.stat().st_size for p in (folder / blip.code().WEIGHTS_FOLDER).iterdir())
+    kind = "stand-in (BLIP-base's sizes, random weights)" if meta.get("stand_in") else "real"
+    return {"source": meta["source"], "stand_in": bool(meta.get("stand_in")),
+            "size": meta.get("size", "real"), "weights": kind,
+            "parameters_m": round(params / 1e6, 1), "disk_mib": round(on_disk / 2**20)}
+
+
+def footprint(server, instances: int = 1) -> dict:
+    """Load time (unload, then load with its warm-up, as after a config change that needs new
+    processes) and resident memory per instance of the served captioner, in MiB. Memory needs
+    the server's process (the embedded server): elsewhere it is None, with the reason."""
+    server.unload_model(MODEL)
+    load_s = server.reload_model(MODEL)
+    record = getattr(server, "recorded", lambda: None)()
+    if not record:
+        return {"load_s": round(load_s, 1), "rss_mib_per_instance": None,
+                "why_no_rss": "the server's processes are not on this machine (Docker mode)"}
+    rss = processes.model_rss(record["pid"], MODEL, instances) / instances / 2**20
+    return {"load_s": round(load_s, 1), "rss_mib_per_instance": round(rss)}
+
+
+def _worker(folder: str, variant: dict, threads: int, batch: int, batches: int, repeats: int,
+            out) -> None:
+    import torch
+
+    code = blip.code(Path(folder).parent.parent)
+    keys = ("strategy", "vision_batch", "attention", "dtype", "max_new_tokens")
+    captioner = code.Captioner(folder, num_threads=threads,
+                               **{k: v for k, v in variant.items() if k in keys})
+    encoded = [p.read_bytes() for p in samples.sample_images()]
+    images = [captioner.decode(encoded[i % len(encoded)]) for i in range(batch)]
+    labels = [LABELS[i % len(LABELS)] for i in range(batch)]
+    captioner.caption(images[:1], labels[:1])  # warm-up, as Triton's model_warmup does
+    rates, timings = [], []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        for _ in range(batches):
+            captioner.caption(images, labels)
+            timings.append(dict(captioner.last_timing))
+        rates.append(batch * batches / (time.perf_counter() - began))
+    out.put({"rates": rates, "timings": timings, "threads": torch.get_num_threads(),
+             "captions": captioner.caption(images, labels)})
+
+
+def _result(proc, out, timeout: float = 1800.0) -> dict:
+    """The worker's answer; RuntimeError at once if it ended without one (its error is on
+    stderr), or after `timeout` seconds."""
+    import queue
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return out.get(timeout=1.0)
+        except queue.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"the in-process captioner ended (exit code {proc.exitcode}) "
+                                   "without a result: its error is printed above") from None
+    raise RuntimeError(f"the in-process captioner gave no result within {timeout:.0f} s")
+
+
+def in_process(variant: str = "fastest", threads: int | None = None, batch: int = 8,
+               batches: int = 1, repeats: int = 1, repository: Path | None = None) -> dict:
+    """The captioner's own code outside Triton, in a fresh process as a model instance is: one
+    variant of CAPTIONING_VARIANTS, `threads` threads (default: every core, as served),
+    `batches` batches of `batch` sample images with mixed labels, `repeats` times.
+
+    Returns images/s (median over the repeats, and each), seconds per image in each part of
+    the model (vision encoder and text decoder, or 'generate' for variants that run BLIP's
+    generate() whole), and the captions of the last batch. Takes about a second per image on
+    2 cores for the float32 variants, plus 5-10 s to load.
+    """
+    import multiprocessing as mp
+
+    from ..serving import configs, devices
+
+    settings_ = dict(configs.CAPTIONING_VARIANTS[variant])
+    settings_.pop("dynamic_batching", None)
+    folder = str(weights_folder(repository))
+    threads = threads or devices.usable_cores()
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_worker, daemon=True,
+                       args=(folder, settings_, threads, batch, batches, repeats, out))
+    proc.start()
+    try:
+        result = _result(proc, out)
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    images = batch * batches * repeats
+    parts = {}
+    for timing in result["timings"]:
+        for part, seconds in timing.items():
+            parts[part] = parts.get(part, 0.0) + seconds
+    return {"variant": variant, "threads": result["threads"], "batch": batch,
+            "images_per_s": statistics.median(result["rates"]),
+            "all": [round(r, 3) for r in result["rates"]],
+            "seconds_per_image": {k: round(v / images, 3) for k, v in parts.items()},
+            "captions": result["captions"]}
+
+
+def profile_table(runs: list[dict]) -> pd.DataFrame:
+    """One row per `in_process` result: variant, batch, threads, images/s, and seconds per
+    image in each part of the model."""
+    rows = []
+    for r in runs:
+        row = {"variant": r["variant"], "batch": r["batch"], "threads": r["threads"],
+               "images/s": round(r["images_per_s"], 3)}
+        row.update({f"{part} (s/image)": s for part, s in r["seconds_per_image"].items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def explain_batching(at_one: dict, at_many: dict) -> str:
+    """What batching did to each part of the model, from two `in_process` results of the same
+    variant (batch 1 and a larger batch): the ratio per part, and which part it helped."""
+    lines = []
+    for part, alone in at_one["seconds_per_image"].items():
+        many = at_many["seconds_per_image"].get(part)
+        if many is None or alone <= 0 or many <= 0:
+            continue
+        ratio = alone / many
+        verdict = ("cheaper per image in a batch" if ratio >= 1.2 else
+                   "dearer per image in a batch" if ratio <= 1 / 1.2 else
+                   "about the same per image either way")
+        lines.append(f"{part}: {alone:.2f} s per image alone, {many:.2f} in a batch of "
+                     f"{at_many['batch']} ({ratio:.1f}x): {verdict}")
+    return "\n".join(lines) or "no part was timed in both runs"
