@@ -87,3 +87,24 @@ def test_bench_verdicts_compare_against_the_targets():
     assert met["served / in-process throughput (fastest, in turns)"] is True     # 95%
     assert met["reload with changed config (median)"] is False        # 6 s > 5 s
     assert met["full restart"] is None                                 # reported only
+
+
+def test_a_worker_that_dies_without_answering_is_reported_at_once():
+    """The in-process runs wait on a child process: one that dies (an import error, a crash)
+    is reported with its exit code, not waited on until the timeout."""
+    import multiprocessing as mp
+    import os
+    import time
+
+    import pytest
+
+    from tritonlab.measuring import processes
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=os._exit, args=(3,))
+    proc.start()
+    began = time.monotonic()
+    with pytest.raises(RuntimeError, match="exit code 3"):
+        processes.answer([proc], out, timeout=120)
+    assert time.monotonic() - began < 60

@@ -112,8 +112,8 @@ def _threads(helpers, cfg, cores: int) -> int:
 
 @pytest.mark.parametrize("cores", [1, 2, 3, 4, 8, 16, 48])
 def test_served_thread_pools_follow_the_work(helpers, cores):
-    """The ensemble's steps share the cores by their work: the captioner, about 40 times the
-    classifier's work per image, every core; the classifier at most half of them (at least one
+    """The ensemble's steps share the cores by their work: the captioner, far more work per
+    image than the classifier, every core; the classifier at most half of them (at least one
     thread). The halves and every-core-each variants the course measures against it differ."""
     steps = configs.ensemble_steps(split=True)
     threads = {name: _threads(helpers, cfg, cores) for name, cfg in steps.items()}

@@ -102,7 +102,7 @@ def in_process(repeats: int, batch: int = 8, batches: int = 48,
     for proc in procs:
         proc.start()
     try:
-        results = [out.get(timeout=600) for _ in procs]
+        results = [processes.answer(procs, out, timeout=600) for _ in procs]
     finally:
         for proc in procs:
             proc.join(10)
@@ -229,8 +229,6 @@ def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None,
 
         log.info("4. captioning (full-size BLIP) in the ensemble, variant by variant ...")
         figures["captioning"] = captioning_figures(server, window_ms, repo)
-        for cfg in configs.ensemble_steps().values():  # as served, for the load run below
-            _quietly(deploy, server, cfg)
         figures["ensemble_overhead_ms"] = ensemble_overhead(server, 1, calls=4)
 
         log.info(f"5. load: {load_seconds} s at concurrency 8 (ensemble) and 32 (classifier) ...")

@@ -96,22 +96,6 @@ def _worker(folder: str, variant: dict, threads: int, batch: int, batches: int, 
              "captions": captioner.caption(images, labels)})
 
 
-def _result(proc, out, timeout: float = 1800.0) -> dict:
-    """The worker's answer; RuntimeError at once if it ended without one (its error is on
-    stderr), or after `timeout` seconds."""
-    import queue
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            return out.get(timeout=1.0)
-        except queue.Empty:
-            if not proc.is_alive():
-                raise RuntimeError(f"the in-process captioner ended (exit code {proc.exitcode}) "
-                                   "without a result: its error is printed above") from None
-    raise RuntimeError(f"the in-process captioner gave no result within {timeout:.0f} s")
-
-
 def in_process(variant: str = "fastest", threads: int | None = None, batch: int = 8,
                batches: int = 1, repeats: int = 1, repository: Path | None = None) -> dict:
     """The captioner's own code outside Triton, in a fresh process as a model instance is: one
@@ -137,7 +121,7 @@ def in_process(variant: str = "fastest", threads: int | None = None, batch: int 
                        args=(folder, settings_, threads, batch, batches, repeats, out))
     proc.start()
     try:
-        result = _result(proc, out)
+        result = processes.answer([proc], out)
     finally:
         proc.join(10)
         if proc.is_alive():

@@ -7,6 +7,7 @@ The Python backend runs each model instance in its own process (the backend stub
 
 from __future__ import annotations
 
+import queue
 import time
 
 import psutil
@@ -79,3 +80,19 @@ def cpu_seconds(pid: int) -> dict:
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"model processes": total(stubs, cpu), "tritonserver": total([root], cpu),
             "perf_analyzer": children.ru_utime + children.ru_stime}
+
+
+def answer(procs: list, out, timeout: float = 1800.0):
+    """The next answer the child processes `procs` put on the queue `out` (each puts one);
+    RuntimeError at once when the queue is empty and none of them is running any more (their
+    error is on stderr), or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return out.get(timeout=1.0)
+        except queue.Empty:
+            if not any(p.is_alive() for p in procs):
+                codes = ", ".join(str(p.exitcode) for p in procs)
+                raise RuntimeError(f"the in-process worker ended (exit code {codes}) "
+                                   "without a result: its error is printed above") from None
+    raise RuntimeError(f"the in-process worker gave no result within {timeout:.0f} s")

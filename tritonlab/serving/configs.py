@@ -349,18 +349,18 @@ def diff(old: mc.ModelConfig | None, new: mc.ModelConfig) -> str:
 
 
 #: The share of the machine's cores each step of the ensemble gets in the served repository,
-#: weighted by the work each does: a caption costs BLIP-base about 40 times what a label costs
-#: MobileNetV2, so the captioner gets every core and the classifier half of them (one thread
-#: on 2 cores), which it holds for a few percent of the time. Halves each measured 0.61
-#: against 0.82 infer/s at concurrency 8 here (`make bench` measures both).
+#: weighted by the work each does: a caption costs BLIP-base far more than a label costs
+#: MobileNetV2 (notebook 07 prints both steps' compute times), so the captioner gets every core
+#: and the classifier half of them (one thread on 2 cores). `make bench` measures this against
+#: halves each at concurrency 8 (on 2 cores, 2026-11-29: 1.19 against 0.64 infer/s).
 ENSEMBLE_CPU_SHARE = {"food_classifier": 0.5, "conditional_captioning": 1.0}
 
 #: Dynamic batching on the captioning step. A batch of 8 captions takes seconds on 2 CPU cores,
 #: so waiting up to 500 ms for a full batch costs little there, and each generated token then
-#: reads the text decoder's weights once for 8 images. Measured here at concurrency 8: 100 ms
-#: gave batches of about 4 (the requests of the previous batch are still in the classifier)
-#: and 0.82 infer/s; 500 ms gave batches of 8 and 1.33 infer/s. With fewer requests in flight
-#: than 8, each batch waits the whole 500 ms (notebook 07 shows the cost at concurrency 1).
+#: reads the text decoder's weights once for 8 images. A short delay lets a batch start before
+#: the requests of the previous one are back from the classifier (at concurrency 8 on 2 cores,
+#: 100 ms formed batches of about 4). With fewer requests in flight than 8, each batch waits
+#: the whole 500 ms (notebook 07 prints the cost at concurrency 1).
 CAPTIONING_BATCHING = {"preferred_batch_size": [8], "max_queue_delay_microseconds": 500000}
 
 #: How the captioning step can run, from the first model a user writes to the course's fastest
@@ -386,14 +386,14 @@ SERVED_CAPTIONING = "fastest"
 COURSE_NOTES = {
     "food_classifier": (
         "Threads: cpu_share 0.5. The served repository also runs conditional_captioning, and\n"
-        "the food_captioning ensemble runs both models at the same time. A caption costs about\n"
-        "40 times a label, so the captioner gets every core and this model half of them (see\n"
+        "the food_captioning ensemble runs both models at the same time. A caption costs far\n"
+        "more than a label, so the captioner gets every core and this model half of them (see\n"
         "ENSEMBLE_CPU_SHARE in tritonlab/serving/configs.py for what was measured). Measuring\n"
         "the classifier alone, notebooks 02-06 give it every core (cpu_share 1)."),
     "conditional_captioning": (
-        "Threads: cpu_share 1, every core: a caption costs about 40 times a label, so the\n"
-        "classifier beside it in the food_captioning ensemble gets half the cores and holds\n"
-        "them for a few percent of the time (see that model's config).\n"
+        "Threads: cpu_share 1, every core: a caption costs far more than a label, so the\n"
+        "classifier beside it in the food_captioning ensemble gets half the cores (see\n"
+        "that model's config; notebook 07 prints both steps' compute times).\n"
         "Variant: 'fastest' of tritonlab.serving.configs.CAPTIONING_VARIANTS, with dynamic\n"
         "batching that waits up to 500 ms for a batch of 8 (notebook 07 measures it against\n"
         "the naive variant; CAPTIONING_BATCHING says why 500 ms)."),
