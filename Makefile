@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 .DEFAULT_GOAL := help
 .PHONY: help system-deps install assets weights configs lab lab-full test test-fast serve stop \
         status logs \
-        api bench jupyter lint clean
+        api bench handin check-images gpu-check gpu-check-bundle jupyter lint clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -41,15 +41,32 @@ lab: install  ## run every notebook headless (quick mode) on the embedded Triton
 lab-full: install  ## the same with full measurement windows
 	$(BIN)/python -m tritonlab lab --full
 
-test: $(STAMP)  ## run the tests (never touches the network: stand-in weights if none are present)
+test: $(STAMP)  ## run the tests (stand-in weights if none are present; only tests marked network ask PyPI)
 	$(BIN)/python -m tritonlab prepare --source stand-in
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## the tests that need no Triton server (seconds, not minutes)
-	$(BIN)/python -m pytest -m "not server and not notebook and not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not server and not notebook and not slow and not network" $(PYTEST_ARGS)
+
+GPU_BUNDLE  ?= build/gpu-bundle
+GPU_PYTHONS ?= 3.12
+# No .venv travels to a GPU machine: there the check runs on that machine's own python3.
+GPU_PYTHON  ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+
+gpu-check-bundle: $(STAMP)  ## what gpu-check needs on a GPU machine without network (build/gpu-bundle/, < 64 MiB)
+	$(BIN)/python -m tritonlab gpu-check --prepare --bundle $(GPU_BUNDLE) $(addprefix --python ,$(GPU_PYTHONS))
+
+gpu-check:  ## the GPU variants served and measured on this machine's GPU, one report (no GPU: says so, exits 0)
+	$(GPU_PYTHON) -m tritonlab gpu-check --bundle $(GPU_BUNDLE)
+
+check-images: $(STAMP)  ## ask PyPI and the apt archives whether both GPU-node images' pins and packages exist (about a minute)
+	$(BIN)/python -m tritonlab.serving.images
 
 bench: install  ## speed and memory figures against the targets (prints a table, saves data/results/bench/)
 	$(BIN)/python -m tritonlab bench
+
+handin: $(STAMP)  ## one zip to hand in (build/handin/): executed notebooks, figures, results, answers
+	$(BIN)/python -m tritonlab handin
 
 serve: install  ## start Triton in the background on 127.0.0.1 (8000 HTTP, 8001 gRPC, 8002 metrics)
 	$(BIN)/python -m tritonlab serve

@@ -19,7 +19,14 @@ FIGURES = {
     "fastest_bfloat16": {8: _level(3.0, 3.0)},
     "in_process": {"fastest": {"images_per_s": 1.35, "threads": 2,
                                "seconds_per_image": {"vision encoder": 0.55,
-                                                     "text decoder": 0.2}}},
+                                                     "text decoder": 0.2},
+                               "gflop_per_image": {"vision encoder": 110.0,
+                                                   "text decoder": 20.0},
+                               "gemm_peak_gflops": 200.0},
+                   "naive": {"images_per_s": 0.65, "threads": 2,
+                             "seconds_per_image": {"generate": 1.5},
+                             "gflop_per_image": {"generate": 130.0},
+                             "gemm_peak_gflops": 200.0}},
     "captions_equal_eager_float32": {"fastest": 8, "naive": 8, "fastest_bfloat16": 4},
     "captions_compared": 8,
     "weights": {"parameters_m": 224.0, "disk_mib": 855, "stand_in": True},
@@ -108,3 +115,13 @@ def test_a_worker_that_dies_without_answering_is_reported_at_once():
     with pytest.raises(RuntimeError, match="exit code 3"):
         processes.answer([proc], out, timeout=120)
     assert time.monotonic() - began < 60
+
+
+def test_limits_give_each_part_its_share_of_the_gemm_peak_and_the_bound():
+    v = _verdicts(FIGURES)
+    # 110 GFLOP in 0.55 s = 200 GFLOP/s = the peak; 20 GFLOP in 0.2 s = 100 GFLOP/s = half
+    assert v["captioning fastest: share of float32 GEMM peak"] == (
+        "vision encoder 100%, text decoder 50% (peak 200 GFLOP/s)", None)
+    # encoder at the peak: 110 / 200 = 0.55 s, + decoder 0.2 s = 0.75 s against naive's 1.5 s
+    assert v["captioning vs naive, encoder at GEMM peak (bound)"] == (
+        "2.00x (1.50 vs 0.75 s/image)", None)

@@ -162,3 +162,22 @@ def test_model_files_teach_the_backend_contract():
         for path in folder.glob("*.py"):  # imports by file path, or paths out of the folder
             code = path.read_text()
             assert "spec_from_file_location" not in code and '".."' not in code, path
+
+
+@pytest.mark.parametrize("typo,says", [
+    (("instance_group", "instance_groups"),
+     'line 18 column 1: Message type "inference.ModelConfig" has no field named '
+     '"instance_groups". Did you mean \'instance_group\'?'),
+    (("KIND_CPU", "KIND_CPUU"), "Did you mean 'KIND_CPU' or 'KIND_GPU'"),
+    (("max_batch_size: 16", "max_batch_size: sixteen"),
+     "line 2 column 17: 'max_batch_size: sixteen': Couldn't parse integer: sixteen."),
+    (("max_queue_delay_microseconds", "max_queue_delay_microsecond"),
+     "Did you mean 'max_queue_delay_microseconds'?"),
+])
+def test_hand_written_config_text_is_parsed_as_triton_does_with_clear_errors(typo, says):
+    text = configs.to_text(configs.classifier_config(
+        dynamic_batching={"preferred_batch_size": [4, 8], "max_queue_delay_microseconds": 5000}))
+    assert configs.parse(text) == text_format.Parse(text, mc.ModelConfig())
+    with pytest.raises(configs.ConfigError) as err:
+        configs.parse(text.replace(*typo))
+    assert str(err.value).startswith("config.pbtxt, line ") and says in str(err.value)

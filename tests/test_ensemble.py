@@ -68,3 +68,20 @@ def test_dynamic_batching_on_the_captioning_step(triton, images):
         assert len(ask(triton, "grpc", [p.read_bytes() for p in images[:2]])) == 2
     finally:
         triton.reload_model("conditional_captioning")
+
+
+def test_perf_run_splits_an_ensemble_by_step_and_sums_their_queues(triton):
+    """perf_analyzer on the ensemble: one row per composing model and level, and the ensemble's
+    queue time is its steps' (perf_analyzer itself reports about 0 for an ensemble)."""
+    from tritonlab.measuring import perf
+
+    opts = perf.PerfSettings(concurrency=[2], measurement_ms=1000, stability_percent=100,
+                             max_trials=3)
+    run = perf.run(triton, "food_captioning", "ensemble", opts, save=False,
+                   sample_metrics=False)
+    steps = run.steps.set_index("step")
+    assert set(steps.index) == {"food_classifier", "conditional_captioning"}
+    assert (steps["concurrency"] == 2).all()
+    queued = run.df.iloc[0]["server queue (us)"]
+    assert queued == steps["server queue (us)"].sum()
+    assert queued > 0  # two requests in flight on one instance each: someone waits

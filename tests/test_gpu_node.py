@@ -212,7 +212,9 @@ def test_dockerfiles_parse_and_copy_what_exists():
                     assert (settings.ROOT / src).exists(), f"{name} copies missing {src}"
     triton = (settings.ROOT / "Dockerfile.triton").read_text()
     assert "FROM nvcr.io/nvidia/tritonserver:24.10-py3" in triton
-    assert "whl/cu126" in triton  # P100 (sm_60) kernels
+    pins = (settings.ROOT / "requirements" / "triton-image.txt").read_text()
+    assert "requirements/triton-image.txt" in triton
+    assert "torch==2.7.1" in pins  # PyPI's CUDA 12.6 build: tests/test_images.py checks it
     assert "COPY model_repository" not in triton  # mounted, never copied
 
 
@@ -278,4 +280,4 @@ def test_the_gpu_node_serves_the_same_warmed_up_configs():
             for spec in sample.inputs.values():
                 assert (settings.MODEL_REPOSITORY / name / "warmup" / spec.input_data_file
                         ).is_file(), f"{name}: warm-up file {spec.input_data_file} missing"
-    assert "pillow-heif==" in (settings.ROOT / "Dockerfile.triton").read_text()
+    assert "pillow-heif==" in (settings.ROOT / "requirements" / "triton-image.txt").read_text()

@@ -146,3 +146,84 @@ def test_downloaded_weights_are_pinned_on_first_use(tmp_path, monkeypatch, weigh
     meta = weights.ensure_weights(tmp_path / "served", source=weights_url, force=True,
                                   expected_sha256=changed)
     assert meta["source_sha256"] == changed
+
+
+def blob_id_by_definition(data: bytes) -> str:
+    """A git blob id computed here from its definition: SHA-1 of b"blob <size>\\0" + bytes."""
+    import hashlib
+
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def test_git_blob_id_is_what_git_computes(tmp_path):
+    import shutil
+    import subprocess
+
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    # git's well-known id of the empty blob
+    assert weights.git_blob_id(empty) == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+    data = bytes(range(256)) * 9000 + b"\0 tail"  # more than one 1 MiB read, NUL bytes inside
+    sample = tmp_path / "sample.bin"
+    sample.write_bytes(data)
+    assert weights.git_blob_id(sample) == blob_id_by_definition(data)
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed: the cross-check with `git hash-object` was not run")
+    for path in (empty, sample):
+        out = subprocess.run(["git", "hash-object", "--no-filters", str(path)],
+                             capture_output=True, text=True, check=True, cwd=tmp_path)
+        assert weights.git_blob_id(path) == out.stdout.strip()
+
+
+def test_the_course_urls_are_pinned_to_the_published_blob():
+    assert weights.PUBLISHED_BLOBS[weights.DEFAULT_URL] == \
+        "b550214474f469ca65c2eb6c30f383ef4e7e8c7a"
+    assert weights.PUBLISHED_BLOBS[weights.FASTAPI_URL] == \
+        weights.PUBLISHED_BLOBS[weights.DEFAULT_URL]
+
+
+def test_a_download_with_the_published_blob_is_accepted(tmp_path, monkeypatch, weights_url,
+                                                         capsys):
+    served = (tmp_path / "www" / "food11.pth").read_bytes()
+    blob = blob_id_by_definition(served)
+    monkeypatch.setattr(weights, "PUBLISHED_BLOBS", {weights_url: blob})
+    monkeypatch.setattr(weights.settings, "DATA", tmp_path / "data")
+    meta = weights.ensure_weights(tmp_path / "served", source=weights_url)
+    assert meta["stand_in"] is False and meta["source_git_blob"] == blob
+    cached = tmp_path / "data" / "cache" / "food11.pth"
+    assert weights.pin_file(cached).read_text().split()[0] == meta["source_sha256"]
+    out = capsys.readouterr().out
+    assert f"published file (git blob {blob})" in out
+    assert "git blob" in weights.describe(meta)
+
+
+def test_a_download_with_another_blob_is_refused_and_deleted(tmp_path, monkeypatch, weights_url):
+    served = (tmp_path / "www" / "food11.pth").read_bytes()
+    actual = blob_id_by_definition(served)
+    published = blob_id_by_definition(served + b"\0")  # what the repository would list instead
+    monkeypatch.setattr(weights, "PUBLISHED_BLOBS", {weights_url: published})
+    monkeypatch.setattr(weights.settings, "DATA", tmp_path / "data")
+    cached = tmp_path / "data" / "cache" / "food11.pth"
+    with pytest.raises(weights.WeightsError) as info:
+        weights.ensure_weights(tmp_path / "served", source=weights_url)
+    message = str(info.value)
+    assert actual in message and published in message
+    # no bad file behind: not the download, not a SHA-256 record of it, nothing served
+    assert not cached.exists() and not weights.pin_file(cached).exists()
+    assert not (tmp_path / "served" / "food11.pt").exists()
+
+    # a SHA-256 recorded earlier for that same bad file goes with it
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(served)
+    digest = weights.sha256_file(cached)
+    weights.pin_file(cached).write_text(f"{digest}  {weights_url}\n")
+    with pytest.raises(weights.WeightsError, match=published):
+        weights.ensure_weights(tmp_path / "served", source=weights_url)
+    assert not cached.exists() and not weights.pin_file(cached).exists()
+
+    # the message's way out: the SHA-256 it names, given explicitly, accepts the new file
+    assert f"FOOD11_SHA256={digest}" in message
+    meta = weights.ensure_weights(tmp_path / "served", source=weights_url,
+                                  expected_sha256=digest)
+    assert meta["stand_in"] is False and meta["source_sha256"] == digest
+    assert meta["source_git_blob"] is None  # not checked against the published id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import settings
 
@@ -104,11 +105,29 @@ def _lab(args) -> int:
     return 0
 
 
+def _handin(args) -> int:
+    from .handin import HandinError, build
+
+    try:
+        bundle = build(out_dir=args.out)
+    except HandinError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(bundle.summary())
+    return 0
+
+
 def _bench(args) -> int:
     from .measuring import bench
 
     bench.run(repeats=args.repeats, window_ms=args.window_ms, load_seconds=args.load_seconds)
     return 0
+
+
+def _gpu_check(args) -> int:
+    from . import gpu_check
+
+    return gpu_check.run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,11 +153,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("notebooks", nargs="*", help=f"default: every notebook in {settings.NOTEBOOKS}")
     p.add_argument("--full", action="store_true", help="full measurement windows, not quick mode")
     p.set_defaults(func=_lab)
+    p = sub.add_parser("handin", help="one zip to hand in: executed notebooks, figures, results "
+                                      "table, answers, and the machine and mode they ran on")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for the archive (default: build/handin/, beside the lab output)")
+    p.set_defaults(func=_handin)
     p = sub.add_parser("bench", help="speed and memory figures against the course's targets")
     p.add_argument("--repeats", type=int, default=3, help="runs per figure (median reported)")
     p.add_argument("--window-ms", type=int, default=3000, help="perf_analyzer window")
     p.add_argument("--load-seconds", type=int, default=60,
                    help="length of each load run (concurrency 32 and 8)")
     p.set_defaults(func=_bench)
+    p = sub.add_parser("gpu-check", help="on a machine with an NVIDIA GPU: the GPU variants "
+                       "served and measured, one report (--prepare: what it needs there)")
+    from . import gpu_check  # standard library only at import: runs on any Python
+
+    gpu_check.add_arguments(p)
+    p.set_defaults(func=_gpu_check)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -3,6 +3,9 @@
 Whatever the source, the result is stored the same way beside the served model: a plain
 state_dict (`food11.pt`, loaded with `weights_only=True`) and `food11.json` recording its
 SHA-256, where it came from, and whether it is a stand-in.
+
+A download of the course file is checked against the git blob id under which the public course
+repository publishes it (PUBLISHED_BLOBS), then its SHA-256 is recorded for later uses.
 """
 
 from __future__ import annotations
@@ -26,6 +29,16 @@ from .repository import model_dir, network
 #: The trained course model: a whole pickled torchvision MobileNetV2 with an 11-class head.
 DEFAULT_URL = ("https://raw.githubusercontent.com/teaching-on-testbeds/serve-system-chi/main/"
                "models_staging/food_classifier/1/food11.pth")
+#: The same file at the other path the course repository keeps a copy.
+FASTAPI_URL = ("https://raw.githubusercontent.com/teaching-on-testbeds/serve-system-chi/main/"
+               "fastapi_pt/food11.pth")
+#: The git blob id each course URL's file must have. The public repository's tree (commit 012a8b9,
+#: 2025-03-18, no Git LFS) lists food11.pth at both paths as this blob; a blob id is the SHA-1 of
+#: b"blob <size>\0" followed by the file's bytes, so a download is checked without git.
+PUBLISHED_BLOBS = {
+    DEFAULT_URL: "b550214474f469ca65c2eb6c30f383ef4e7e8c7a",
+    FASTAPI_URL: "b550214474f469ca65c2eb6c30f383ef4e7e8c7a",
+}
 STAND_IN = "stand-in"
 STAND_IN_SEED = 11
 
@@ -51,6 +64,17 @@ def weights_source() -> str:
 def sha256_file(path: Path) -> str:
     """The SHA-256 of a file, computed as the served model checks it."""
     return network().sha256_of(str(path))
+
+
+def git_blob_id(path: Path) -> str:
+    """The git blob id of a file (40 hex digits): the SHA-1 of b"blob <size in bytes>\\0"
+    followed by its bytes, as `git hash-object` computes it, read in 1 MiB chunks."""
+    path = Path(path)
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def download(url: str, cache_dir: Path, timeout: float = 30.0) -> Path:
@@ -150,8 +174,11 @@ def build_stand_in(seed: int = STAND_IN_SEED) -> dict[str, torch.Tensor]:
 
 
 def save_weights(state: dict[str, torch.Tensor], folder: Path, source: str, stand_in: bool,
-                 source_sha256: str | None = None) -> dict:
-    """Write `food11.pt` and `food11.json` into `folder` atomically; returns the metadata."""
+                 source_sha256: str | None = None, source_git_blob: str | None = None) -> dict:
+    """Write `food11.pt` and `food11.json` into `folder` atomically; returns the metadata.
+
+    `source_git_blob` is the published git blob id the source file was checked against, if any.
+    """
     mod = network()
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -160,6 +187,7 @@ def save_weights(state: dict[str, torch.Tensor], folder: Path, source: str, stan
         "sha256": hashlib.sha256(data).hexdigest(),
         "source": source,
         "source_sha256": source_sha256,
+        "source_git_blob": source_git_blob,
         "stand_in": stand_in,
         "labels": list(mod.LABELS),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -187,6 +215,11 @@ def ensure_weights(folder: Path | None = None, source: str | None = None, force:
     Weights already there (and matching their SHA-256) are kept unless `force`. Otherwise
     `source` is read: a URL, a local file, or 'stand-in' (default: FOOD11_WEIGHTS or the course
     URL). When a URL or file cannot be read, a seeded stand-in is built instead, and said loudly.
+
+    A file read from a URL must have the git blob id the course repository publishes for that
+    URL (PUBLISHED_BLOBS), then match the SHA-256 its first download recorded; `expected_sha256`
+    (or FOOD11_SHA256), when given, replaces both checks. Raises WeightsError on any mismatch,
+    naming both ids; nothing is served from such a file.
     """
     folder = Path(folder or model_dir("food_classifier"))
     source = source or weights_source()
@@ -225,6 +258,30 @@ def _check_pin(path: Path, url: str, digest: str) -> None:
     log.info(f"Recorded SHA-256 {digest[:16]}... of {url} in {pin}: later uses must match it.")
 
 
+def _check_published_blob(path: Path, url: str, digest: str) -> str | None:
+    """The file's git blob id when `url` is one whose blob the course repository publishes.
+
+    Raises WeightsError naming both ids on a mismatch, after deleting the downloaded file (and
+    a SHA-256 record of that very file), so nothing is served or trusted from it later.
+    """
+    expected = PUBLISHED_BLOBS.get(url)
+    if expected is None:
+        return None
+    actual = git_blob_id(path)
+    if actual == expected:
+        log.info(f"{path.name} is the course repository's published file (git blob {actual}).")
+        return actual
+    pin = pin_file(path)
+    path.unlink(missing_ok=True)
+    if pin.exists() and pin.read_text().split()[:1] == [digest]:
+        pin.unlink()
+    raise WeightsError(
+        f"{url} gave a file with git blob id {actual}, but the course repository publishes "
+        f"food11.pth as blob {expected}. The download is deleted and nothing is served from it. "
+        "Run `make weights` again; if the repository has published a new file on purpose, "
+        f"accept it with FOOD11_SHA256={digest} (the SHA-256 of the file just refused).")
+
+
 def _build(folder: Path, source: str, expected_sha256: str | None) -> dict:
     if source == STAND_IN:
         return save_weights(build_stand_in(), folder, STAND_IN, stand_in=True)
@@ -241,18 +298,22 @@ def _build(folder: Path, source: str, expected_sha256: str | None) -> dict:
     if expected_sha256 and digest != expected_sha256:
         raise WeightsError(f"{path} has SHA-256 {digest}, expected {expected_sha256}. "
                            "Delete it and fetch again, or check FOOD11_SHA256.")
+    blob = None
     if "://" in source and not expected_sha256:  # a digest given explicitly has the last word
+        blob = _check_published_blob(path, source, digest)
         _check_pin(path, source, digest)
     return save_weights(read_checkpoint(path), folder, source, stand_in=False,
-                        source_sha256=digest)
+                        source_sha256=digest, source_git_blob=blob)
 
 
 def describe(meta: dict) -> str:
     """One paragraph saying which weights are served; a loud banner for a stand-in."""
     if meta.get("stand_in"):
         return BANNER
-    return (f"Food-11 weights from {meta['source']} (state_dict SHA-256 {meta['sha256'][:16]}..., "
-            f"converted {meta['created']}).")
+    published = (f", the course repository's published file (git blob "
+                 f"{meta['source_git_blob'][:12]}...)" if meta.get("source_git_blob") else "")
+    return (f"Food-11 weights from {meta['source']}{published} (state_dict SHA-256 "
+            f"{meta['sha256'][:16]}..., converted {meta['created']}).")
 
 
 def copy_weights(src_folder: Path, dst_folder: Path) -> None:

@@ -317,8 +317,9 @@ def captioning_figures(server, window_ms: int, repository: Path) -> dict:
                                      repository=repository)
             for v in ("fastest", "naive", "fastest_bfloat16")}
     reference = runs["naive"]["captions"]  # eager float32 generate(), one image at a time
-    out["in_process"] = {v: {k: r[k] for k in ("images_per_s", "seconds_per_image", "threads")}
-                         for v, r in runs.items()}
+    keys = ("images_per_s", "seconds_per_image", "threads", "gflop_per_image",
+            "gemm_peak_gflops")
+    out["in_process"] = {v: {k: r[k] for k in keys} for v, r in runs.items()}
     out["captions_equal_eager_float32"] = {
         v: sum(a == b for a, b in zip(r["captions"], reference)) for v, r in runs.items()}
     out["captions_compared"] = len(reference)
@@ -429,6 +430,7 @@ def captioning_verdicts(c: dict) -> list[tuple]:
         rows.append((f"captioning c={level}: naive, fastest (infer/s; p95)",
                      f"{a['throughput']:.2f}, {b['throughput']:.2f}; "
                      f"{a['p95_ms'] / 1000:.1f}, {b['p95_ms'] / 1000:.1f} s", "(reported)", None))
+    rows += limit_rows(c["in_process"])
     halves = c["fastest, cores in halves"][top]
     bf16 = c["fastest_bfloat16"][top]
     parts = c["in_process"]["fastest"]["seconds_per_image"]
@@ -449,6 +451,26 @@ def captioning_verdicts(c: dict) -> list[tuple]:
          "(reported)", None),
     ]
     return rows
+
+
+def limit_rows(runs: dict) -> list[tuple]:
+    """What limits the fastest captioning step, from the in-process runs (`captioning.roofline`):
+    each part's share of the float32 GEMM peak, and the fastest-vs-naive ratio the course
+    could reach in float32 if its vision encoder ran at that peak and its decoder as measured."""
+    fast, naive = runs["fastest"], runs["naive"]
+    peak = fast["gemm_peak_gflops"]
+    parts = fast["seconds_per_image"]
+    shares = {part: fast["gflop_per_image"][part] / seconds / peak
+              for part, seconds in parts.items() if seconds > 0}
+    naive_s = sum(naive["seconds_per_image"].values())
+    floor = fast["gflop_per_image"]["vision encoder"] / peak + parts["text decoder"]
+    return [
+        ("captioning fastest: share of float32 GEMM peak",
+         ", ".join(f"{part} {share:.0%}" for part, share in shares.items())
+         + f" (peak {peak:.0f} GFLOP/s)", "(reported)", None),
+        ("captioning vs naive, encoder at GEMM peak (bound)",
+         f"{naive_s / floor:.2f}x ({naive_s:.2f} vs {floor:.2f} s/image)", "(reported)", None),
+    ]
 
 
 def print_table(f: dict) -> None:

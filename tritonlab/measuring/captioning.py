@@ -73,6 +73,60 @@ def footprint(server, instances: int = 1) -> dict:
     return {"load_s": round(load_s, 1), "rss_mib_per_instance": round(rss)}
 
 
+#: The GEMM that dominates the vision encoder: a batch of 4 images' 577 tokens through the
+#: first layer of an MLP block of ViT-B (768 -> 3072).
+PEAK_SHAPE = (4 * 577, 768, 3072)
+
+
+def gemm_peak_gflops(repeats: int = 20) -> float:
+    """float32 matrix-multiply GFLOP/s on this process's threads, at PEAK_SHAPE: about as fast
+    as this CPU multiplies float32 matrices, the ceiling of a compute-bound part's speed."""
+    import torch
+
+    m, k, n = PEAK_SHAPE
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(3):
+        a @ b
+    began = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * m * k * n * repeats / (time.perf_counter() - began) / 1e9
+
+
+def count_flops(captioner, images: list, labels: list) -> dict[str, float]:
+    """GFLOP per image of each part of one `caption()` call, counted by torch's FlopCounterMode
+    (matrix multiplies, convolutions and attention; the elementwise rest is not counted).
+
+    Fused CPU attention is counted with torch's own formula for it, which FlopCounterMode does
+    not register for the CPU kernel. Parts are those of `captioner.last_timing`."""
+    import torch
+    from torch.utils import flop_counter
+
+    aten = torch.ops.aten
+    def sdpa(query, key, value, *args, out_shape=None, **kwargs) -> int:  # shapes, not tensors
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+    extra = {aten._scaled_dot_product_flash_attention_for_cpu: sdpa}
+    parts: dict[str, float] = {}
+    hooks = {"vision encoder": "_encode", "text decoder": "_decode", "generate": "_generate"}
+    for part, method in hooks.items():
+        original = getattr(captioner, method)
+
+        def counted(*args, _original=original, _part=part, **kwargs):
+            with flop_counter.FlopCounterMode(display=False, custom_mapping=extra) as counter:
+                result = _original(*args, **kwargs)
+            parts[_part] = parts.get(_part, 0.0) + counter.get_total_flops()
+            return result
+
+        setattr(captioner, method, counted)
+    try:
+        captioner.caption(images, labels)
+    finally:
+        for method in hooks.values():
+            delattr(captioner, method)  # back to the class's own methods
+    return {part: round(total / len(images) / 1e9, 1) for part, total in parts.items()}
+
+
 def _worker(folder: str, variant: dict, threads: int, batch: int, batches: int, repeats: int,
             out) -> None:
     import torch
@@ -93,7 +147,9 @@ def _worker(folder: str, variant: dict, threads: int, batch: int, batches: int, 
             timings.append(dict(captioner.last_timing))
         rates.append(batch * batches / (time.perf_counter() - began))
     out.put({"rates": rates, "timings": timings, "threads": torch.get_num_threads(),
-             "captions": captioner.caption(images, labels)})
+             "captions": captioner.caption(images, labels),
+             "gflop_per_image": count_flops(captioner, images, labels),
+             "gemm_peak_gflops": round(gemm_peak_gflops(), 1)})
 
 
 def in_process(variant: str = "fastest", threads: int | None = None, batch: int = 8,
@@ -104,8 +160,9 @@ def in_process(variant: str = "fastest", threads: int | None = None, batch: int 
 
     Returns images/s (median over the repeats, and each), seconds per image in each part of
     the model (vision encoder and text decoder, or 'generate' for variants that run BLIP's
-    generate() whole), and the captions of the last batch. Takes about a second per image on
-    2 cores for the float32 variants, plus 5-10 s to load.
+    generate() whole), GFLOP per image in each part (`count_flops`), this process's float32
+    GEMM GFLOP/s (`gemm_peak_gflops`), and the captions of the last batch. Takes about a second
+    per image on 2 cores for the float32 variants, plus 5-10 s to load.
     """
     import multiprocessing as mp
 
@@ -135,6 +192,8 @@ def in_process(variant: str = "fastest", threads: int | None = None, batch: int 
             "images_per_s": statistics.median(result["rates"]),
             "all": [round(r, 3) for r in result["rates"]],
             "seconds_per_image": {k: round(v / images, 3) for k, v in parts.items()},
+            "gflop_per_image": result["gflop_per_image"],
+            "gemm_peak_gflops": result["gemm_peak_gflops"],
             "captions": result["captions"]}
 
 
@@ -147,6 +206,24 @@ def profile_table(runs: list[dict]) -> pd.DataFrame:
                "images/s": round(r["images_per_s"], 3)}
         row.update({f"{part} (s/image)": s for part, s in r["seconds_per_image"].items()})
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def roofline(run: dict) -> pd.DataFrame:
+    """What limits each part of the model, from one `in_process` result: seconds and GFLOP per
+    image, the GFLOP/s that makes, and its share of the float32 GEMM peak measured in the same
+    process. A part near 100 % is compute-bound: only less arithmetic (smaller numbers, fewer
+    tokens) makes it faster; a part far below is bound by something else (reading weights from
+    memory, Python, small matrices)."""
+    peak = run["gemm_peak_gflops"]
+    rows = []
+    for part, seconds in run["seconds_per_image"].items():
+        gflop = run["gflop_per_image"].get(part)
+        rate = gflop / seconds if gflop and seconds > 0 else None
+        rows.append({"part": part, "s per image": seconds, "GFLOP per image": gflop,
+                     "GFLOP/s": None if rate is None else round(rate),
+                     "share of GEMM peak": None if rate is None else f"{rate / peak:.0%}",
+                     "float32 GEMM peak (GFLOP/s)": round(peak)})
     return pd.DataFrame(rows)
 
 

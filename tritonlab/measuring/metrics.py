@@ -31,8 +31,16 @@ def parse(text: str) -> list[tuple[str, dict[str, str], float]]:
     return out
 
 
+#: Column of the mean utilization over the GPUs; each GPU's own column is this name followed by
+#: the GPU's short UUID (see `gpu_columns`).
+GPU_UTILIZATION = "gpu utilization (%)"
+_PER_GPU = "gpu_utilization:"  # snapshot key prefix, followed by the GPU's UUID
+
+
 def snapshot(samples: list[tuple[str, dict[str, str], float]], model: str | None) -> dict:
-    """The figures the course plots, from one scrape: sums over a model's versions, GPU means."""
+    """The figures the course plots, from one scrape: sums over a model's versions, the mean
+    GPU utilization and each GPU's own (key `gpu_utilization:<gpu_uuid>`: Triton labels its
+    per-GPU gauges, such as nv_gpu_utilization, with `gpu_uuid`)."""
     model_sum: dict[str, float] = defaultdict(float)
     gpu_util, snap = [], {}
     for name, labels, value in samples:
@@ -42,6 +50,8 @@ def snapshot(samples: list[tuple[str, dict[str, str], float]], model: str | None
             snap["cpu_memory_used_bytes"] = value
         elif name == "nv_gpu_utilization":
             gpu_util.append(value)
+            if labels.get("gpu_uuid"):
+                snap[_PER_GPU + labels["gpu_uuid"]] = value
         elif name.startswith("nv_inference_") and (model is None or labels.get("model") == model):
             model_sum[name] += value
     if gpu_util:
@@ -79,8 +89,10 @@ class MetricsSampler:
             self._scrape()
             self._stop.wait(self.interval)
 
-    def start(self) -> MetricsSampler:
-        self._t0 = time.monotonic()
+    def start(self, t0: float | None = None) -> MetricsSampler:
+        """Start sampling; sample times are seconds since `t0` (a `time.monotonic()` reading;
+        default: now), so a caller can time its own phases on the same clock."""
+        self._t0 = time.monotonic() if t0 is None else t0
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="metrics-sampler")
         self._thread.start()
@@ -103,8 +115,22 @@ class MetricsSampler:
         return to_frame(self.samples)
 
 
+def gpu_columns(frame: pd.DataFrame) -> list[str]:
+    """The per-GPU utilization columns of a `to_frame` table (one per GPU, named
+    'gpu utilization (%) GPU-<first 8 hex digits of its UUID>', as `nvidia-smi -L` shows it);
+    empty on a machine without GPUs and for runs saved before they were recorded."""
+    return [c for c in frame.columns if c.startswith(GPU_UTILIZATION + " ")]
+
+
+def _short_uuids(uuids: list[str]) -> dict[str, str]:
+    short = {u: u[:12] for u in uuids}  # 'GPU-' and 8 hex digits
+    return short if len(set(short.values())) == len(uuids) else {u: u for u in uuids}
+
+
 def to_frame(samples: list[dict]) -> pd.DataFrame:
-    """Turn cumulative counters into per-interval rates and per-request averages."""
+    """Turn cumulative counters into per-interval rates and per-request averages: one row per
+    interval, at its end ('time (s)'); utilization in %, the mean over the GPUs and each GPU's
+    own (`gpu_columns`), when Triton reported GPUs."""
     if len(samples) < 2:
         return pd.DataFrame()
     raw = pd.DataFrame(samples)
@@ -120,7 +146,10 @@ def to_frame(samples: list[dict]) -> pd.DataFrame:
     if "cpu_utilization" in raw:
         out["cpu utilization (%)"] = raw["cpu_utilization"].iloc[1:] * 100
     if "gpu_utilization" in raw:
-        out["gpu utilization (%)"] = raw["gpu_utilization"].iloc[1:] * 100
+        out[GPU_UTILIZATION] = raw["gpu_utilization"].iloc[1:] * 100
+    uuids = sorted(c.removeprefix(_PER_GPU) for c in raw.columns if c.startswith(_PER_GPU))
+    for uuid, short in _short_uuids(uuids).items():
+        out[f"{GPU_UTILIZATION} {short}"] = raw[_PER_GPU + uuid].iloc[1:] * 100
     if "cpu_memory_used_bytes" in raw:
         out["cpu memory used (GiB)"] = raw["cpu_memory_used_bytes"].iloc[1:] / 2**30
     return out.reset_index(drop=True)

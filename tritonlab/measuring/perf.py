@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,7 @@ import pandas as pd
 
 from .. import settings
 from ..common import log
-from ..serving import configs, deploy, devices
+from ..serving import clients, configs, deploy, devices
 from . import results
 from .metrics import MetricsSampler
 from .results import COLUMNS, P50, THROUGHPUT, PerfRun
@@ -301,6 +302,22 @@ def remedy(window: Window, output: str, few_requests: int | None, opts: PerfSett
                     "this machine?)")
 
 
+def batch_counts(server, model: str) -> dict[int, int] | None:
+    """Executions per batch size Triton has counted for `model` since it was loaded (its
+    statistics' batch_stats, over HTTP); None when the statistics cannot be read."""
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        return clients.batch_size_counts(clients.model_stats(server.http_url, model))
+    except (InferenceServerException, OSError, KeyError, IndexError):
+        return None
+
+
+def _counted_between(before: dict[int, int], after: dict[int, int]) -> dict[int, int]:
+    return {size: n - before.get(size, 0) for size, n in sorted(after.items())
+            if n - before.get(size, 0) > 0}
+
+
 def run(server, model: str, variant: str, opts: PerfSettings | None = None, notes: str = "",
         save: bool = True, sample_metrics: bool = True) -> PerfRun:
     """Measure `model` on `server` at each concurrency level; returns (and saves) a PerfRun.
@@ -310,7 +327,14 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
     were too short (no valid request, too few requests, not stable): looser tolerance, then
     longer windows, each step printed. Every row records how it was measured (columns
     measurement_mode, measurement_ms, stability_percent, and request count: the requests the
-    figures rest on).
+    figures rest on). For an ensemble, `steps` holds one row per composing model and level
+    (perf_analyzer's per-model CSVs), and the ensemble's server queue time is the sum of its
+    steps' (the ensemble itself has no queue: perf_analyzer reports about 0 there).
+
+    `phases` records when each level's probe and measurements ran, on the clock of the sampled
+    metrics (also in `metrics.attrs['phases']`, for `plots.server_metrics`); `batch_counts`
+    the executions per batch size Triton counted during each level (its model statistics read
+    before and after the level; empty when they cannot be read).
 
     Raises PerfError (saying what happened and what to try) when Triton is not ready, goes
     away, or no attempt succeeds; nothing is saved then.
@@ -324,13 +348,22 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
     url = server.http_url if opts.protocol == "http" else server.grpc_url
     env = environment()
     rows, raw, commands, step_rows = [], {}, [], []
+    phases, counts = [], {}  # what ran when (see PerfRun.phases); batch sizes per level
     sampler = MetricsSampler(server.metrics_url, model=model) if sample_metrics else None
     workdir = Path(tempfile.mkdtemp(prefix="perf_"))
     rate = None  # infer/s at the last level measured (or probed)
+    t0 = time.monotonic()  # the sampler's clock too
+
+    def timed(level: int, phase: str, attempt: int, began: float) -> None:
+        phases.append({"concurrency": level, "phase": phase, "attempt": attempt,
+                       "start (s)": round(began - t0, 3),
+                       "end (s)": round(time.monotonic() - t0, 3)})
+
     try:
         if sampler:
-            sampler.start()
+            sampler.start(t0)
         for level in tqdm(list(opts.concurrency), desc=f"perf_analyzer {variant}", unit="level"):
+            counted_before = batch_counts(server, model)
             # A bare file name: for an ensemble perf_analyzer also writes one file per composing
             # model, named <model>_v<version>.<this name>, in its working folder.
             csv_path = Path(f"c{level}.csv")
@@ -338,12 +371,14 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
             window = plan_window(opts, rate, group)
             if opts.adapt_windows and (rate is None or window.ms > opts.measurement_ms):
                 # First level, or a slow model: ask the model itself how fast it answers here.
+                began = time.monotonic()
                 rate = probe(server, model, level, opts, env, workdir) or rate
                 if plan_window(opts, rate, group).ms > opts.measurement_ms:
                     # Slow, or slowed for a moment by other work on the machine: ask once more
                     # and keep the faster answer (a passing stall only ever slows a probe).
                     again = probe(server, model, level, opts, env, workdir)
                     rate = max(rate or 0.0, again or 0.0) or None
+                timed(level, "probe", 1, began)
                 window = plan_window(opts, rate, group)
                 if window.ms > opts.measurement_ms:
                     count = window_requests(opts, group)
@@ -353,7 +388,9 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
             for attempt in range(1, opts.max_attempts + 1):
                 cmd = command(url, model, level, csv_path, opts, server.metrics_url, window)
                 limit = max(180.0, window.ms / 1000 * (opts.max_trials + 4) * 3)
+                began = time.monotonic()
                 proc = _run_perf(cmd, env, workdir, limit, server, model, level)
+                timed(level, "measurement", attempt, began)
                 output = proc.stdout + proc.stderr
                 ok = proc.returncode == 0 and (workdir / csv_path).exists()
                 measured = request_count(output) if ok else None
@@ -385,11 +422,20 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
             row["request count"] = measured
             rows.append(row)
             rate = row[THROUGHPUT] or rate
+            level_steps = []
             for step_file in sorted(workdir.glob(f"*.{csv_path.name}")):
                 step_row = parse_csv(step_file).iloc[0].to_dict()
                 step_row["step"] = step_file.name.split(".")[0].rsplit("_v", 1)[0]
                 step_row["concurrency"] = level
-                step_rows.append(step_row)
+                level_steps.append(step_row)
+            if level_steps:
+                # An ensemble has no queue of its own (perf_analyzer reports about 0): a request
+                # waits in its steps' queues, one after the other, so its queue time is theirs.
+                row["server queue (us)"] = sum(r["server queue (us)"] for r in level_steps)
+            step_rows += level_steps
+            counted_after = batch_counts(server, model) if counted_before is not None else None
+            if counted_after is not None:
+                counts[level] = _counted_between(counted_before, counted_after)
     finally:
         if sampler:
             sampler.stop()
@@ -399,24 +445,40 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
     df["concurrency"] = df["concurrency"].astype(int)
     meta = describe_run(server, model, variant, opts, commands, notes)
     metrics = sampler.frame() if sampler else pd.DataFrame()
+    metrics.attrs["phases"] = phases
     steps = pd.DataFrame(step_rows)
     if not steps.empty:
         steps.insert(0, "variant", variant)
-    result = PerfRun(df=df, meta=meta, raw=raw, metrics=metrics, steps=steps)
+    result = PerfRun(df=df, meta=meta, raw=raw, metrics=metrics, steps=steps,
+                     phases=pd.DataFrame(phases, columns=results.PHASE_COLUMNS),
+                     batch_counts=counts if any(counts.values()) else {})
     if save:
         result.path = results.save_run(result)
     return result
+
+
+def _gpu_config_on_cpu(server, model: str, device: str) -> bool:
+    """Whether the model's config.pbtxt asks for GPU instances while Triton ran it on the CPU
+    (`configs.for_this_machine` loads a GPU config's CPU copy where there are no GPUs)."""
+    try:
+        written = configs.read_config(Path(server.model_repository) / model)
+    except (OSError, ValueError):
+        return False
+    gpu = configs.mc.ModelInstanceGroup.KIND_GPU
+    return any(g.kind == gpu for g in written.instance_group) and "GPU" not in device
 
 
 def describe_run(server, model: str, variant: str, opts: PerfSettings, commands: list[list[str]],
                  notes: str = "") -> dict:
     """What was measured, where and how: saved with every run."""
     config = server.model_config(model)
+    device = devices.describe(config)
     return {
         "variant": variant,
         "model": model,
         "mode": server.mode,
-        "device": devices.describe(config),
+        "device": device,
+        "gpu_config_on_cpu": _gpu_config_on_cpu(server, model, device),
         "machine": devices.machine(),
         "server_version": server.version(),
         "config": config,

@@ -1,45 +1,169 @@
 """Reading measurements as a person would: the columns to look at first, and what changed
 between runs, told from their own numbers (throughput, latency, and the queue and compute time
-that explain them)."""
+that explain them).
+
+Every verdict here (helped, hurt, no clear change) comes from `verdict`, which refuses to judge
+a concurrency level measured on fewer than MIN_REQUESTS requests, and calls a change smaller than
+the tolerance perf_analyzer's windows were allowed to differ by "no clear change"."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 
-from .results import P50, P95, P99, THROUGHPUT
+from .results import P50, P95, P99, REQUESTS, THROUGHPUT
+
+#: A level measured on fewer requests than this is flagged and never used for a verdict: with a
+#: few dozen requests, one slow request (a stall of the shared cores) moves p95 and throughput
+#: by more than most changes the course makes.
+MIN_REQUESTS = 50
+#: The tolerance used when a row does not record perf_analyzer's --stability-percentage.
+DEFAULT_TOLERANCE_PERCENT = 10
+HELPED, HURT, NO_CHANGE, TOO_FEW = "helped", "hurt", "no clear change", "too few requests"
+QUEUE, COMPUTE = "server queue (us)", "server compute infer (us)"
+
+
+def requests_measured(row) -> int | None:
+    """The requests a row's figures rest on (perf_analyzer's count), or None if not recorded."""
+    value = row.get(REQUESTS) if hasattr(row, "get") else None
+    if value is None or pd.isna(value):
+        return None
+    return int(value)
+
+
+def enough_requests(row) -> bool:
+    """Whether a row rests on at least MIN_REQUESTS requests (unknown counts are not enough)."""
+    count = requests_measured(row)
+    return count is not None and count >= MIN_REQUESTS
+
+
+def _tolerance(*rows) -> float:
+    percents = [row.get("stability_percent") for row in rows if hasattr(row, "get")]
+    percents = [float(p) for p in percents if p is not None and not pd.isna(p)]
+    return (max(percents) if percents else DEFAULT_TOLERANCE_PERCENT) / 100
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What changed at one concurrency level between two measured rows, and why.
+
+    `outcome` is HELPED or HURT (throughput changed by more than `tolerance`), NO_CHANGE, or
+    TOO_FEW (either row rests on fewer than MIN_REQUESTS requests: no verdict is drawn).
+    Times are in ms per request; `cause` names the server-side part that explains the change
+    (empty for NO_CHANGE and TOO_FEW)."""
+
+    level: int
+    outcome: str
+    ratio: float
+    throughput: tuple[float, float]
+    p95_ms: tuple[float, float]
+    queue_ms: tuple[float, float]
+    compute_ms: tuple[float, float]
+    requests: tuple[int | None, int | None]
+    tolerance: float
+    cause: str = ""
+
+    @property
+    def judged(self) -> bool:
+        return self.outcome != TOO_FEW
+
+    def text(self) -> str:
+        (t0, t1), (p0, p1) = self.throughput, self.p95_ms
+        (q0, q1), (c0, c1) = self.queue_ms, self.compute_ms
+        figures = (f"concurrency {self.level}: {t0:.1f} -> {t1:.1f} infer/s ({self.ratio:.2f}x); "
+                   f"p95 {p0:.0f} -> {p1:.0f} ms; queued {q0:.1f} -> {q1:.1f} ms, model compute "
+                   f"{c0:.1f} -> {c1:.1f} ms per request")
+        if self.outcome == TOO_FEW:
+            counts = " and ".join("?" if n is None else str(n) for n in self.requests)
+            return (f"{figures}: measured on {counts} requests, fewer than {MIN_REQUESTS}: too "
+                    "few to judge, read these figures as rough")
+        if self.outcome == NO_CHANGE:
+            return (f"{figures}: no clear change (within the {self.tolerance:.0%} the "
+                    "measurement's windows were allowed to differ)")
+        return f"{figures}: {self.outcome}, {self.cause}"
+
+
+def verdict(before, after, level: int | None = None) -> Verdict:
+    """Judge one concurrency level: `before` and `after` are rows (Series or dicts) with the
+    course's columns (throughput, p95, server queue and compute in us, request count,
+    stability_percent). Throughput decides helped/hurt; the change in queue and in compute time
+    per request says which explains it."""
+    ms = lambda row, col: float(row[col]) / 1000  # noqa: E731
+    t0, t1 = float(before[THROUGHPUT]), float(after[THROUGHPUT])
+    q0, q1, c0, c1 = ms(before, QUEUE), ms(after, QUEUE), ms(before, COMPUTE), ms(after, COMPUTE)
+    ratio = t1 / t0 if t0 > 0 else float("inf")
+    tol = _tolerance(before, after)
+    common = dict(level=int(level if level is not None else after["concurrency"]), ratio=ratio,
+                  throughput=(t0, t1), p95_ms=(ms(before, P95), ms(after, P95)),
+                  queue_ms=(q0, q1), compute_ms=(c0, c1),
+                  requests=(requests_measured(before), requests_measured(after)), tolerance=tol)
+    if not (enough_requests(before) and enough_requests(after)):
+        return Verdict(outcome=TOO_FEW, **common)
+    if 1 / (1 + tol) < ratio < 1 + tol:
+        return Verdict(outcome=NO_CHANGE, **common)
+    d_queue, d_compute = q1 - q0, c1 - c0
+    if ratio > 1:
+        if d_compute < 0 and -d_compute >= max(-d_queue, 0):
+            cause = "mostly less time in the model"
+        elif d_queue < 0:
+            cause = ("mostly less waiting in the queue (one execution now serves several "
+                     "requests, or executions run side by side)")
+        else:
+            cause = ("neither the queue nor the model's time fell: the time outside the server "
+                     "did (client side and network)")
+        return Verdict(outcome=HELPED, cause=cause, **common)
+    slower = c1 / c0 if c0 > 0 else float("inf")
+    if slower >= 1.5:
+        cause = f"each execution took {slower:.1f}x as long, so requests also queued longer"
+    elif d_queue > 0 and d_queue >= d_compute:
+        cause = "more waiting in the queue"
+    elif d_compute > 0:
+        cause = "more time in the model"
+    else:
+        cause = ("neither the queue nor the model's time rose: the time outside the server did "
+                 "(client side and network; perf_analyzer shares the cores with Triton)")
+    return Verdict(outcome=HURT, cause=cause, **common)
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """The columns a person reads first: throughput, latency percentiles and the server's queue
-    and compute time in ms, and how many requests the figures rest on."""
+    and compute time in ms, how many requests the figures rest on, and a note on a level with
+    too few of them to judge from."""
     out = df[["variant", "concurrency", THROUGHPUT]].copy()
     for col in (P50, P95, P99):
         out[col.replace("(us)", "(ms)")] = df[col] / 1000
-    out["server queue (ms)"] = df["server queue (us)"] / 1000
-    out["server compute infer (ms)"] = df["server compute infer (us)"] / 1000
-    if "request count" in df.columns:  # the requests the figures rest on
-        out["requests measured"] = df["request count"]
+    out["server queue (ms)"] = df[QUEUE] / 1000
+    out["server compute infer (ms)"] = df[COMPUTE] / 1000
+    if REQUESTS in df.columns:  # the requests the figures rest on
+        out["requests measured"] = df[REQUESTS]
+        out["note"] = ["" if enough_requests(row) else
+                       f"fewer than {MIN_REQUESTS} requests: rough, not judged"
+                       for _, row in df.iterrows()]
     return out.round(2)
 
 
 def explain_queue(df: pd.DataFrame) -> str:
-    """The queue-versus-compute story of one variant, told from its measured breakdown."""
+    """The queue-versus-compute story of one variant, from its lowest to its highest
+    concurrency, told from its measured breakdown; no verdict when either level rests on too
+    few requests."""
     rows = df.sort_values("concurrency")
     lo, hi = rows.iloc[0], rows.iloc[-1]
     c_lo, c_hi = int(lo["concurrency"]), int(hi["concurrency"])
     ms = lambda row, col: row[col] / 1000  # noqa: E731
     lines = [
-        f"At concurrency {c_lo}: {lo[THROUGHPUT]:.1f} infer/s; a request spends "
-        f"{ms(lo, 'server queue (us)'):.1f} ms queued and {ms(lo, 'server compute infer (us)'):.1f}"
-        f" ms in the model (p50 latency {ms(lo, P50):.1f} ms).",
-        f"At concurrency {c_hi}: {hi[THROUGHPUT]:.1f} infer/s; a request spends "
-        f"{ms(hi, 'server queue (us)'):.1f} ms queued and {ms(hi, 'server compute infer (us)'):.1f}"
-        f" ms in the model (p50 latency {ms(hi, P50):.1f} ms).",
-    ]
+        f"At concurrency {c}: {row[THROUGHPUT]:.1f} infer/s; a request spends "
+        f"{ms(row, QUEUE):.1f} ms queued and {ms(row, COMPUTE):.1f} ms in the model (p50 latency "
+        f"{ms(row, P50):.1f} ms); {requests_measured(row) or '?'} requests measured."
+        for c, row in ((c_lo, lo), (c_hi, hi))]
+    few = [c for c, row in ((c_lo, lo), (c_hi, hi)) if not enough_requests(row)]
+    if few:
+        lines.append(f"Concurrency {' and '.join(map(str, few))} rests on fewer than "
+                     f"{MIN_REQUESTS} requests: too few to say what more clients did.")
+        return "\n".join(lines)
     gain = hi[THROUGHPUT] / lo[THROUGHPUT]
-    queue_share = hi["server queue (us)"] / max(hi[P50], 1)
-    compute = "server compute infer (us)"
-    compute_lo, compute_hi = ms(lo, compute), ms(hi, compute)
+    queue_share = hi[QUEUE] / max(hi[P50], 1)
+    compute_lo, compute_hi = ms(lo, COMPUTE), ms(hi, COMPUTE)
     change = compute_hi / max(compute_lo, 1e-9)
     lines.append(f"{c_hi / c_lo:g}x the clients gave {gain:.2f}x the "
                  f"throughput; at concurrency {c_hi}, {queue_share:.0%} of the p50 "
@@ -59,7 +183,8 @@ def explain_queue(df: pd.DataFrame) -> str:
 
 
 def compare(before: pd.DataFrame, after: pd.DataFrame) -> str:
-    """What changed between two measured variants, level by level, from their own numbers.
+    """What changed between two measured variants, level by level, from their own numbers
+    (`verdict` at each level both measured).
 
     Throughput and p95 latency, and the two server-side parts that explain them: the time a
     request waited in Triton's queue and the model's compute time it was part of (with dynamic
@@ -69,35 +194,41 @@ def compare(before: pd.DataFrame, after: pd.DataFrame) -> str:
     name_b, name_a = before["variant"].iloc[0], after["variant"].iloc[0]
     lines = [f"{name_a} against {name_b}:"]
     for level in sorted(set(b_all.index) & set(a_all.index)):
-        b, a = b_all.loc[level], a_all.loc[level]
-        ms = lambda row, col: row[col] / 1000  # noqa: E731
-        lines.append(
-            f"  concurrency {level}: {b[THROUGHPUT]:.1f} -> {a[THROUGHPUT]:.1f} infer/s "
-            f"({a[THROUGHPUT] / b[THROUGHPUT]:.2f}x); p95 {ms(b, P95):.0f} -> {ms(a, P95):.0f} ms; "
-            f"queued {ms(b, 'server queue (us)'):.1f} -> {ms(a, 'server queue (us)'):.1f} ms, "
-            f"model compute {ms(b, 'server compute infer (us)'):.1f} -> "
-            f"{ms(a, 'server compute infer (us)'):.1f} ms per request")
+        lines.append("  " + verdict(b_all.loc[level], a_all.loc[level], level).text())
     if len(lines) == 1:
         lines.append("  no concurrency level measured in both runs")
     return "\n".join(lines)
 
 
 def winners(df: pd.DataFrame) -> pd.DataFrame:
-    """For each concurrency: the variant with the highest throughput and the one with lowest p95."""
+    """For each concurrency: the variant with the highest throughput and the one with lowest
+    p95, among the levels measured on at least MIN_REQUESTS requests (the others are counted
+    as left out)."""
     rows = []
     for level, group in df.groupby("concurrency"):
-        best = group.loc[group[THROUGHPUT].idxmax()]
-        fastest = group.loc[group[P95].idxmin()]
-        rows.append({"concurrency": level,
-                     "highest throughput": f"{best['variant']} ({best[THROUGHPUT]:.1f}/s)",
-                     "lowest p95 latency": f"{fastest['variant']} ({fastest[P95] / 1000:.0f} ms)",
-                     "variants measured": len(group)})
-    return pd.DataFrame(rows)
+        group = group.reset_index(drop=True)
+        judged = group[[enough_requests(row) for _, row in group.iterrows()]]
+        row = {"concurrency": level, "variants judged": len(judged),
+               "left out (too few requests)": ", ".join(sorted(set(group["variant"])
+                                                               - set(judged["variant"])))}
+        if judged.empty:
+            row.update({"highest throughput": "-", "lowest p95 latency": "-"})
+        else:
+            best = judged.loc[judged[THROUGHPUT].idxmax()]
+            fastest = judged.loc[judged[P95].idxmin()]
+            row.update({"highest throughput": f"{best['variant']} ({best[THROUGHPUT]:.1f}/s)",
+                        "lowest p95 latency": f"{fastest['variant']} ({fastest[P95] / 1000:.0f}"
+                                              " ms)"})
+        rows.append(row)
+    columns = ["concurrency", "highest throughput", "lowest p95 latency", "variants judged",
+               "left out (too few requests)"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def explain(df: pd.DataFrame, reference: str = "baseline") -> str:
-    """Each variant against `reference` at the highest concurrency both measured, in numbers:
-    throughput, and whether the gain came from less queueing or from less compute."""
+    """Each variant against `reference` (runs of the reference's model only), at the highest
+    concurrency both measured on enough requests: `verdict`'s figures and cause, in one line
+    per variant."""
     if reference not in set(df["variant"]):
         return f"no '{reference}' run saved: run notebook 02 first."
     if "model" in df.columns:  # compare like with like: runs of the reference's model only
@@ -110,22 +241,26 @@ def explain(df: pd.DataFrame, reference: str = "baseline") -> str:
         if not common:
             lines.append(f"{variant}: no concurrency level in common with {reference}")
             continue
-        level = common[-1]
-        a, b = rows.loc[level], ref.loc[level]
-        queue = (a["server queue (us)"] - b["server queue (us)"]) / 1000
-        compute = (a["server compute infer (us)"] - b["server compute infer (us)"]) / 1000
-        slower = a["server compute infer (us)"] / max(b["server compute infer (us)"], 1)
-        if a[THROUGHPUT] >= b[THROUGHPUT]:
-            cause = ("mostly less time in the model" if compute < 0 and -compute >= abs(queue)
-                     else "mostly less waiting in the queue (one execution now serves several "
-                          "requests, or executions run side by side)")
-        elif slower >= 1.5:
-            cause = f"each execution took {slower:.1f}x as long, so requests also queued longer"
-        else:
-            cause = "more waiting in the queue" if queue >= compute else "more time in the model"
-        lines.append(
-            f"{variant}: {a[THROUGHPUT] / b[THROUGHPUT]:.2f}x the {reference}'s throughput at "
-            f"concurrency {level} ({a[THROUGHPUT]:.1f} vs {b[THROUGHPUT]:.1f} infer/s), p95 "
-            f"{a[P95] / 1000:.0f} vs {b[P95] / 1000:.0f} ms; queue {queue:+.1f} ms and model "
-            f"compute {compute:+.1f} ms per request: {cause}.")
+        judged = [lv for lv in common if verdict(ref.loc[lv], rows.loc[lv], lv).judged]
+        level = (judged or common)[-1]
+        v = verdict(ref.loc[level], rows.loc[level], level)
+        lines.append(f"{variant} against {reference}, {v.text()}.")
     return "\n".join(lines)
+
+
+def delay_cost(before: pd.DataFrame, after: pd.DataFrame, delay_ms: float, level: int = 1) -> str:
+    """What a batching queue delay cost at `level` (1: one request in flight, so no partner
+    ever arrives): the queue time per request before and after, against `delay_ms`, the
+    config's max_queue_delay_microseconds in ms. Flags a level on too few requests."""
+    b, a = before.set_index("concurrency"), after.set_index("concurrency")
+    if level not in b.index or level not in a.index:
+        return f"concurrency {level} was not measured in both runs"
+    q0, q1 = b.loc[level, QUEUE] / 1000, a.loc[level, QUEUE] / 1000
+    line = (f"concurrency {level}: queued {q0:.1f} -> {q1:.1f} ms per request ({q1 - q0:+.1f} "
+            f"ms); max_queue_delay_microseconds lets a request wait up to {delay_ms:g} ms "
+            "for others to join its batch")
+    if not (enough_requests(b.loc[level]) and enough_requests(a.loc[level])):
+        line += f" (fewer than {MIN_REQUESTS} requests measured: rough)"
+    elif delay_ms > 0:
+        line += f": the queue grew by {(q1 - q0) / delay_ms:.0%} of that delay"
+    return line

@@ -45,9 +45,21 @@ BREAKDOWN = ["server queue (us)", "server compute input (us)", "server compute i
 CLIENT_SIDE = ["client send (us)", "network + server send/recv (us)", "client recv (us)"]
 
 
+#: Columns of `PerfRun.phases`: what ran when, in seconds on the clock of the metrics' 'time (s)'.
+PHASE_COLUMNS = ["concurrency", "phase", "attempt", "start (s)", "end (s)"]
+
+
 @dataclass
 class PerfRun:
-    """One measured variant: the tidy table, server metrics sampled meanwhile, and provenance."""
+    """One measured variant: the tidy table, server metrics sampled meanwhile, and provenance.
+
+    `phases`: one row per probe and per perf_analyzer measurement of each level (columns
+    `PHASE_COLUMNS`; phase 'probe' or 'measurement', attempt 1, 2, ... when a level was measured
+    again), timed on the clock of `metrics['time (s)']`. `batch_counts`: {concurrency level:
+    {batch size: executions}} that Triton's model statistics counted while each level ran, its
+    probe included. Both are empty for runs saved before they were recorded, and
+    `batch_counts` also when the model's statistics could not be read.
+    """
 
     df: pd.DataFrame
     meta: dict
@@ -55,6 +67,8 @@ class PerfRun:
     metrics: pd.DataFrame
     steps: pd.DataFrame = field(default_factory=pd.DataFrame)  # an ensemble's composing models
     path: Path | None = None
+    phases: pd.DataFrame = field(default_factory=pd.DataFrame)
+    batch_counts: dict[int, dict[int, int]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"PerfRun({self.meta['variant']!r}, {len(self.df)} levels, saved to {self.path})"
@@ -64,9 +78,27 @@ def to_json(run: PerfRun) -> str:
     return json.dumps({"meta": run.meta, "rows": run.df.to_dict(orient="records"),
                        "steps": run.steps.to_dict(orient="records"),
                        "metrics": run.metrics.to_dict(orient="records"),
+                       "phases": run.phases.to_dict(orient="records"),
+                       "batch_counts": {str(level): {str(size): n for size, n in sizes.items()}
+                                        for level, sizes in run.batch_counts.items()},
                        "raw": {str(k): v for k, v in run.raw.items()}}, indent=1, default=str)
 
 
+def read_run(path: Path | str) -> PerfRun:
+    """A saved run read back as the PerfRun `perf.run` returned (JSON written by `save_run`);
+    runs saved before phases and per-level batch counts were recorded get them empty. Raises
+    OSError or ValueError when the file cannot be read as a saved run."""
+    path = Path(path)
+    data = json.loads(path.read_text())
+    phases = pd.DataFrame(data.get("phases") or [])
+    metrics = pd.DataFrame(data.get("metrics") or [])
+    metrics.attrs["phases"] = phases.to_dict(orient="records")
+    return PerfRun(df=pd.DataFrame(data["rows"]), meta=data["meta"],
+                   raw={int(k): v for k, v in (data.get("raw") or {}).items()},
+                   metrics=metrics, steps=pd.DataFrame(data.get("steps") or []), path=path,
+                   phases=phases,
+                   batch_counts={int(level): {int(size): int(n) for size, n in sizes.items()}
+                                 for level, sizes in (data.get("batch_counts") or {}).items()})
 
 
 def save_run(run: PerfRun) -> Path:
@@ -103,7 +135,8 @@ def table(folder: Path | None = None, latest: bool = True) -> pd.DataFrame:
             continue
         meta = data["meta"]
         df["variant"] = meta["variant"]
-        for key in ("model", "mode", "device", "date", "measurement_ms", "quick"):
+        for key in ("model", "mode", "device", "gpu_config_on_cpu", "date", "measurement_ms",
+                    "quick", "notes"):
             if key not in df.columns:  # a row's own window (after a retry) takes precedence
                 df[key] = meta.get(key)
         df["file"] = Path(data["path"]).name
@@ -115,6 +148,19 @@ def table(folder: Path | None = None, latest: bool = True) -> pd.DataFrame:
         newest = out.groupby("variant")["date"].transform("max")
         out = out[out["date"] == newest]
     return out.sort_values(["variant", "concurrency"]).reset_index(drop=True)
+
+
+def course_run(df: pd.DataFrame, model: str = "food_classifier",
+               reference: str = "baseline") -> pd.DataFrame:
+    """The rows of `table()` that belong to the current course run of `model`: its runs saved
+    since its newest `reference` run (notebook 02 measures the baseline first, and later
+    notebooks reuse that run), so runs left from an earlier course run are not compared with
+    this one. Raises ValueError when `reference` was never saved for `model`."""
+    rows = df[df["model"] == model] if "model" in df.columns else df
+    started = rows.loc[rows["variant"] == reference, "date"]
+    if started.empty:
+        raise ValueError(f"no '{reference}' run of {model} saved: run notebook 02 first.")
+    return rows[rows["date"] >= started.max()].reset_index(drop=True)
 
 
 def latest(variant: str, folder: Path | None = None) -> tuple[pd.DataFrame, Path] | None:

@@ -8,9 +8,10 @@ in the cell, rather than in the server log.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 
-from google.protobuf import json_format, text_format
+from google.protobuf import descriptor_pool, json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from .. import settings
@@ -317,6 +318,35 @@ def render(cfg: mc.ModelConfig, source: str, regenerate: str, notes: str = "") -
     """The file's text: the generated-file banner, `notes` as comments, then the config."""
     comments = "".join(f"# {line}\n" if line else "#\n" for line in notes.splitlines())
     return BANNER.format(source=source, regenerate=regenerate) + comments + to_text(cfg)
+
+
+def parse(text: str, where: str = "config.pbtxt") -> mc.ModelConfig:
+    """config.pbtxt text -> ModelConfig, parsed exactly as Triton parses the file.
+
+    Raises ConfigError naming the line and column, what the text-format parser said, and for
+    a misspelt field the closest field names the schema has at that place (from the
+    message's descriptor, e.g. 'instance_groups' -> 'instance_group')."""
+    try:
+        return text_format.Parse(text, mc.ModelConfig())
+    except text_format.ParseError as exc:
+        said = re.sub(r"^\d+:\d+ : ", "", str(exc)).rstrip(".")
+        pool = descriptor_pool.Default()
+        names: list[str] = []
+        unknown = re.search(r'Message type "([\w.]+)" has no field named "(\w+)"', said)
+        bad_value = re.search(r'Enum type "([\w.]+)" has no value named (\w+)', said)
+        try:
+            if unknown:
+                names = [f.name for f in pool.FindMessageTypeByName(unknown[1]).fields]
+            elif bad_value:
+                names = [v.name for v in pool.FindEnumTypeByName(bad_value[1]).values]
+        except KeyError:
+            names = []
+        typed = (unknown or bad_value)[2] if (unknown or bad_value) else ""
+        close = difflib.get_close_matches(typed, names, n=3) if typed else []
+        hint = (f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else
+                f" Allowed there: {', '.join(sorted(names))}." if names else "")
+        raise ConfigError(f"{where}, line {exc.GetLine()} column {exc.GetColumn()}: "
+                          f"{said}.{hint}") from None
 
 
 def read_config(path: Path | str) -> mc.ModelConfig:

@@ -53,6 +53,22 @@ def deploy(server, cfg: mc.ModelConfig, how: str = "reload", source: str = "a co
     return seconds
 
 
+def edit(server, text: str, how: str = "reload", gpu_count: int | None = None) -> float:
+    """Serve a config written by hand: `text` is config.pbtxt as a student types it.
+
+    Parsed as Triton parses the file (`configs.parse`: a typo raises ConfigError with its line,
+    column and the names the schema allows there), checked like the course's own configs
+    (`configs.validate`), then written, diffed against the file on disk and applied as `deploy`
+    does; returns seconds to ready. Nothing is written when the text is refused."""
+    cfg = configs.parse(text)
+    if not cfg.name:
+        raise configs.ConfigError("config.pbtxt needs a name: the model's folder name, e.g. "
+                                  'name: "food_classifier"')
+    return deploy(server, cfg, how=how, source="text edited in a notebook", gpu_count=gpu_count,
+                  regenerate="edit the text in the notebook again, or `make configs` for the "
+                             "course's own")
+
+
 def restore_baseline(server, name: str = "food_classifier") -> float:
     """Put a model's committed config back (end of each notebook) and reload it."""
     return deploy(server, configs.course_configs()[name], how="reload",
