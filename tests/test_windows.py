@@ -81,6 +81,12 @@ def test_windows_are_planned_from_the_rate():
     assert busy.ms == 20_000 and busy.stability_percent == 35
     assert perf.plan_window(opts, 1.2, group=2).ms == 8_400            # 10 requests
     assert perf.plan_window(opts, 1.2, group=2).stability_percent == 30
+    # 8 clients, answered one at a time: each request takes about 8 / 0.64 = 12.5 s, so the
+    # window holds 16 requests (two latencies), not 10, with the tolerance 10 requests allow
+    naive = perf.plan_window(opts, 0.64, group=1, concurrency=8)
+    assert naive == perf.Window(25_000, 30)
+    assert perf.window_requests(opts, 1, 8) == 16 and perf.window_requests(opts, 8, 8) == 24
+    assert perf.plan_window(opts, 1.2, group=8, concurrency=8) == busy  # batches decide there
 
 
 def test_answer_groups_come_from_the_served_configs(triton):

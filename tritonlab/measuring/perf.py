@@ -238,12 +238,15 @@ def probe(server, model: str, level: int, opts: PerfSettings, env: dict,
     return level * opts.batch_size / latency_s if latency_s > 0 else None
 
 
-def window_requests(opts: PerfSettings, group: int = 1) -> int:
-    """Requests one window should hold: `min_requests`, and at least three `group`s. A model
-    that batches dynamically answers the requests in flight together, up to `group` at a time
-    (the concurrency, at most its max_batch_size): a window must span several such groups to
-    count them steadily."""
-    return max(opts.min_requests, 3 * group)
+def window_requests(opts: PerfSettings, group: int = 1, concurrency: int = 1) -> int:
+    """Requests one window should hold: `min_requests`, at least three `group`s, and twice the
+    `concurrency`. A model that batches dynamically answers the requests in flight together, up
+    to `group` at a time (the concurrency, at most its max_batch_size): a window must span
+    several such groups to count them steadily. With `concurrency` clients each waiting for its
+    answer, a request takes about concurrency / throughput seconds: a window that holds twice
+    the concurrency lasts about two such latencies, so the requests that straddle its edges do
+    not decide its latency figures."""
+    return max(opts.min_requests, 3 * group, 2 * concurrency)
 
 
 def answer_group(server, model: str, concurrency: int) -> int:
@@ -260,19 +263,23 @@ def answer_group(server, model: str, concurrency: int) -> int:
     return max(1, min(group, concurrency))
 
 
-def plan_window(opts: PerfSettings, rate: float | None, group: int = 1) -> Window:
+def plan_window(opts: PerfSettings, rate: float | None, group: int = 1,
+                concurrency: int = 1) -> Window:
     """The window for a level expected to run at about `rate` infer/s: `measurement_ms`, or
     long enough for `window_requests` requests, with the tolerance so few requests, answered
-    `group` at a time, allow (at least 300/requests %, and one group's share of a window)."""
+    `group` at a time, allow (at least 300/requests %, and one group's share of a window; the
+    requests counted there leave out the concurrency's share, which lengthens a window for its
+    latency figures, not for its counts)."""
     window = Window(opts.measurement_ms, opts.stability_percent)
     if not opts.adapt_windows or not rate:
         return window
-    requests = window_requests(opts, group)
+    requests = window_requests(opts, group, concurrency)
     needed = math.ceil(requests / rate * 1000 / 100) * 100
     if needed <= opts.measurement_ms:
         return window
-    tolerance = max(opts.stability_percent, math.ceil(300 / requests),
-                    math.ceil(100 * group / requests) + 1)
+    counted = window_requests(opts, group)
+    tolerance = max(opts.stability_percent, math.ceil(300 / counted),
+                    math.ceil(100 * group / counted) + 1)
     return Window(min(needed, opts.max_window_ms), tolerance)
 
 
@@ -368,20 +375,20 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
             # model, named <model>_v<version>.<this name>, in its working folder.
             csv_path = Path(f"c{level}.csv")
             group = answer_group(server, model, level) if opts.adapt_windows else 1
-            window = plan_window(opts, rate, group)
+            window = plan_window(opts, rate, group, level)
             if opts.adapt_windows and (rate is None or window.ms > opts.measurement_ms):
                 # First level, or a slow model: ask the model itself how fast it answers here.
                 began = time.monotonic()
                 rate = probe(server, model, level, opts, env, workdir) or rate
-                if plan_window(opts, rate, group).ms > opts.measurement_ms:
+                if plan_window(opts, rate, group, level).ms > opts.measurement_ms:
                     # Slow, or slowed for a moment by other work on the machine: ask once more
                     # and keep the faster answer (a passing stall only ever slows a probe).
                     again = probe(server, model, level, opts, env, workdir)
                     rate = max(rate or 0.0, again or 0.0) or None
                 timed(level, "probe", 1, began)
-                window = plan_window(opts, rate, group)
+                window = plan_window(opts, rate, group, level)
                 if window.ms > opts.measurement_ms:
-                    count = window_requests(opts, group)
+                    count = window_requests(opts, group, level)
                     log.info(f"concurrency {level}: about {rate:.2f} infer/s, so {window.ms} ms "
                              f"windows (about {count} requests each), within "
                              f"{window.stability_percent}%.")
