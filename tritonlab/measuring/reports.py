@@ -104,8 +104,10 @@ def verdict(before, after, level: int | None = None) -> Verdict:
         return Verdict(outcome=NO_CHANGE, **common)
     d_queue, d_compute = q1 - q0, c1 - c0
     if ratio > 1:
-        if d_compute < 0 and -d_compute >= max(-d_queue, 0):
-            cause = "mostly less time in the model"
+        if d_compute < 0 and (c1 <= 0.9 * c0 or -d_compute >= max(-d_queue, 0)):
+            # a request queues behind the executions ahead of it: shorter ones, shorter waits
+            cause = "mostly less time in the model" + (
+                ", and so less waiting in the queue behind each execution" if d_queue < 0 else "")
         elif d_queue < 0:
             cause = ("mostly less waiting in the queue (one execution now serves several "
                      "requests, or executions run side by side)")
