@@ -120,3 +120,22 @@ def test_unreachable_source_falls_back_to_the_stand_in(tmp_path, capsys, monkeyp
     assert meta["stand_in"] is True
     out = capsys.readouterr().out
     assert "Could not fetch BLIP" in out and "RANDOM" in out
+
+
+def _timed(batch: int, images: int, encoder: float, decoder: float) -> dict:
+    return {"batch": batch, "images": images,
+            "seconds_per_image": {"vision encoder": encoder, "text decoder": decoder}}
+
+
+def test_explain_batching_calls_each_part_from_its_ratio_and_not_on_a_handful():
+    from tritonlab.measuring import captioning
+
+    text = captioning.explain_batching(_timed(1, 4, 0.6, 0.9), _timed(8, 8, 0.6, 0.3))
+    assert text.splitlines() == [
+        "vision encoder: 0.60 s per image alone, 0.60 in a batch of 8 (1.0x): about the same "
+        "per image either way",
+        "text decoder: 0.90 s per image alone, 0.30 in a batch of 8 (3.0x): cheaper per image "
+        "in a batch"]
+    few = captioning.explain_batching(_timed(1, 2, 0.6, 0.9), _timed(8, 8, 0.6, 0.3))
+    assert few.endswith("(3.0x): 2 and 8 images timed, too few to call")
+    assert "cheaper" not in few

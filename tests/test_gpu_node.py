@@ -187,28 +187,16 @@ DOCKER_INSTRUCTIONS = {"FROM", "RUN", "COPY", "ADD", "WORKDIR", "ENV", "EXPOSE",
                        "ARG", "LABEL", "ENTRYPOINT", "USER", "SHELL"}
 
 
-def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
-    """(instruction, whole logical line) pairs, continuation lines joined."""
-    logical, current = [], ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not current and (not line or line.startswith("#")):
-            continue
-        current += " " + line.rstrip("\\").strip()
-        if not line.endswith("\\"):
-            logical.append(current.strip())
-            current = ""
-    return [(ln.split()[0], ln) for ln in logical]
-
-
 def test_dockerfiles_parse_and_copy_what_exists():
+    from tritonlab.serving import images
+
     for name in ("Dockerfile.triton", "Dockerfile.jupyter"):
-        instructions = dockerfile_instructions((settings.ROOT / name).read_text())
+        instructions = images.instructions(settings.ROOT / name)
         assert instructions[0][0] == "FROM", name
         for word, line in instructions:
             assert word in DOCKER_INSTRUCTIONS, f"{name}: not an instruction: {line[:60]}"
             if word == "COPY":
-                for src in line.split()[1:-1]:
+                for src in line.split()[:-1]:
                     assert (settings.ROOT / src).exists(), f"{name} copies missing {src}"
     triton = (settings.ROOT / "Dockerfile.triton").read_text()
     assert "FROM nvcr.io/nvidia/tritonserver:24.10-py3" in triton

@@ -250,4 +250,7 @@ def test_saved_run_reads_back_with_phases_and_batch_counts(tmp_path):
     path.write_text(json.dumps(old))
     back = results.read_run(path)
     assert back.phases.empty and back.batch_counts == {} and back.raw == {1: "output"}
-    assert plots.server_metrics(back) is not None
+    fig = plots.server_metrics(back)
+    assert fig is not None
+    spans = [p.get_gid() for ax in fig.axes for p in ax.patches if p.get_gid()]
+    assert not spans  # no phases recorded, none drawn

@@ -169,14 +169,16 @@ def _commit() -> str | None:
 def command_line(args: argparse.Namespace) -> str:
     """The check's command as a user would type it (options that differ from the defaults)."""
     parts = ["python -m tritonlab gpu-check"]
-    defaults = {"bundle": gpu_bundle.DEFAULT_BUNDLE, "out": None, "budget_s": DEFAULT_BUDGET_S,
-                "concurrency": 8, "window_ms": 2000}
-    for key, default in defaults.items():
-        value = getattr(args, key, default)
-        if value is not None and str(value) != str(default):
-            parts.append(f"--{key.replace('_', '-')} {value}")
-    if getattr(args, "run_without_gpu", False):
-        parts.append("--run-without-gpu")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS or action.dest in ("help", "prepare", "pythons"):
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value is None or str(value) == str(action.default):
+            continue
+        flag = action.option_strings[-1]
+        parts.append(flag if isinstance(action, argparse._StoreTrueAction) else f"{flag} {value}")
     return " ".join(parts)
 
 

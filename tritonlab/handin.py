@@ -208,10 +208,12 @@ def this_course_run(table, model: str = "food_classifier", reference: str = "bas
     """The rows of `results.table()` saved since the newest `reference` run of `model` (notebook
     02 measures the baseline first: a course run starts there), and the files of the runs left
     out as older. Without a reference run every row is kept."""
-    started = table.loc[(table["variant"] == reference) & (table["model"] == model), "date"]
-    if started.empty:
+    from .measuring import results
+
+    started = results.course_run_start(table, model, reference)
+    if started is None:
         return table, []
-    older = table["date"] < started.max()
+    older = table["date"] < started
     return (table[~older].reset_index(drop=True),
             sorted(set(table.loc[older, "file"])))
 
@@ -360,9 +362,10 @@ def build(out_dir: Path | None = None, notebooks_dir: Path | None = None,
     if not figures:
         missing.append(f"figures: none in {_show(lab_dir / 'figures')}")
 
-    table, runs = None, []
+    table, runs, loaded = None, [], []
     try:
-        table = results.table(results_dir) if results_dir.is_dir() else None
+        loaded = results.load_runs(results_dir) if results_dir.is_dir() else []
+        table = results.table(runs=loaded) if results_dir.is_dir() else None
     except (KeyError, TypeError, ValueError) as exc:  # a file that is JSON but not a run
         missing.append(f"results: {_show(results_dir)} could not be read as one table "
                        f"({type(exc).__name__}: {exc}); move files that are not runs elsewhere")
@@ -370,7 +373,7 @@ def build(out_dir: Path | None = None, notebooks_dir: Path | None = None,
     if table is not None and not table.empty:
         table, left_out = this_course_run(table)
         names = set(table["file"])
-        runs = [r for r in results.load_runs(results_dir) if Path(r["path"]).name in names]
+        runs = [r for r in loaded if Path(r["path"]).name in names]
         files["results/table.csv"] = table.to_csv(index=False).encode()
         for run in runs:
             files[f"results/runs/{Path(run['path']).name}"] = Path(run["path"])
@@ -517,8 +520,9 @@ def manifest_markdown(m: dict) -> str:
              f"| weights (served when the archive was made) | {weights} |",
              f"| software | {versions} |", "",
              "The machines are those of the processes that measured and made the archive. On "
-             "the GPU node that is the Jupyter container, which sees no GPU: the GPUs Triton used "
-             "show in the model instances and the GPU metrics above.", "",
+             "the GPU node that is the Jupyter container, which sees no GPU: there the model "
+             "instances above say which kind and GPU ids Triton's config gave them, and the runs "
+             "with GPU metrics are those in which Triton itself reported GPUs.", "",
              "## How to read it", "",
              "1. `ANSWERS.md`: every *Your turn* question, notebook by notebook, with the "
              "student's answer or *(unanswered)*.",

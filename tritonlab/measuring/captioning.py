@@ -128,7 +128,7 @@ def count_flops(captioner, images: list, labels: list) -> dict[str, float]:
 
 
 def _worker(folder: str, variant: dict, threads: int, batch: int, batches: int, repeats: int,
-            out) -> None:
+            flops: bool, out) -> None:
     import torch
 
     code = blip.code(Path(folder).parent.parent)
@@ -143,26 +143,30 @@ def _worker(folder: str, variant: dict, threads: int, batch: int, batches: int, 
     for _ in range(repeats):
         began = time.perf_counter()
         for _ in range(batches):
-            captioner.caption(images, labels)
+            captions = captioner.caption(images, labels)
             timings.append(dict(captioner.last_timing))
         rates.append(batch * batches / (time.perf_counter() - began))
+    counted = {}
+    if flops:  # one more, untimed, pass under torch's FLOP counter
+        counted = {"gflop_per_image": count_flops(captioner, images, labels),
+                   "gemm_peak_gflops": round(gemm_peak_gflops(), 1)}
     out.put({"rates": rates, "timings": timings, "threads": torch.get_num_threads(),
-             "captions": captioner.caption(images, labels),
-             "gflop_per_image": count_flops(captioner, images, labels),
-             "gemm_peak_gflops": round(gemm_peak_gflops(), 1)})
+             "captions": captions, **counted})
 
 
 def in_process(variant: str = "fastest", threads: int | None = None, batch: int = 8,
-               batches: int = 1, repeats: int = 1, repository: Path | None = None) -> dict:
+               batches: int = 1, repeats: int = 1, repository: Path | None = None,
+               flops: bool = False) -> dict:
     """The captioner's own code outside Triton, in a fresh process as a model instance is: one
     variant of CAPTIONING_VARIANTS, `threads` threads (default: every core, as served),
     `batches` batches of `batch` sample images with mixed labels, `repeats` times.
 
-    Returns images/s (median over the repeats, and each), seconds per image in each part of
-    the model (vision encoder and text decoder, or 'generate' for variants that run BLIP's
-    generate() whole), GFLOP per image in each part (`count_flops`), this process's float32
-    GEMM GFLOP/s (`gemm_peak_gflops`), and the captions of the last batch. Takes about a second
-    per image on 2 cores for the float32 variants, plus 5-10 s to load.
+    Returns images/s (median over the repeats, and each), the images timed, seconds per image
+    in each part of the model (vision encoder and text decoder, or 'generate' for variants
+    that run BLIP's generate() whole), the captions of the last batch, and with `flops`
+    GFLOP per image in each part (`count_flops`, one more untimed pass over the batch) and
+    this process's float32 GEMM GFLOP/s (`gemm_peak_gflops`), both None without. Takes about
+    a second per image on 2 cores for the float32 variants, plus 5-10 s to load.
     """
     import multiprocessing as mp
 
@@ -175,7 +179,7 @@ def in_process(variant: str = "fastest", threads: int | None = None, batch: int 
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     proc = ctx.Process(target=_worker, daemon=True,
-                       args=(folder, settings_, threads, batch, batches, repeats, out))
+                       args=(folder, settings_, threads, batch, batches, repeats, flops, out))
     proc.start()
     try:
         result = processes.answer([proc], out)
@@ -188,12 +192,12 @@ def in_process(variant: str = "fastest", threads: int | None = None, batch: int 
     for timing in result["timings"]:
         for part, seconds in timing.items():
             parts[part] = parts.get(part, 0.0) + seconds
-    return {"variant": variant, "threads": result["threads"], "batch": batch,
+    return {"variant": variant, "threads": result["threads"], "batch": batch, "images": images,
             "images_per_s": statistics.median(result["rates"]),
             "all": [round(r, 3) for r in result["rates"]],
             "seconds_per_image": {k: round(v / images, 3) for k, v in parts.items()},
-            "gflop_per_image": result["gflop_per_image"],
-            "gemm_peak_gflops": result["gemm_peak_gflops"],
+            "gflop_per_image": result.get("gflop_per_image"),
+            "gemm_peak_gflops": result.get("gemm_peak_gflops"),
             "captions": result["captions"]}
 
 
@@ -214,8 +218,11 @@ def roofline(run: dict) -> pd.DataFrame:
     image, the GFLOP/s that makes, and its share of the float32 GEMM peak measured in the same
     process. A part near 100 % is compute-bound: only less arithmetic (smaller numbers, fewer
     tokens) makes it faster; a part far below is bound by something else (reading weights from
-    memory, Python, small matrices)."""
+    memory, Python, small matrices). Raises ValueError for a run measured without
+    `flops=True`."""
     peak = run["gemm_peak_gflops"]
+    if peak is None:
+        raise ValueError("this in_process run counted no FLOPs: run it with flops=True")
     rows = []
     for part, seconds in run["seconds_per_image"].items():
         gflop = run["gflop_per_image"].get(part)
@@ -227,16 +234,24 @@ def roofline(run: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: Fewer images timed than this on either side and `explain_batching` gives figures only.
+MIN_IMAGES = 4
+
+
 def explain_batching(at_one: dict, at_many: dict) -> str:
     """What batching did to each part of the model, from two `in_process` results of the same
-    variant (batch 1 and a larger batch): the ratio per part, and which part it helped."""
+    variant (batch 1 and a larger batch): the ratio per part, and which part it helped; no
+    verdict when either side timed fewer than MIN_IMAGES images."""
+    counts = (at_one["images"], at_many["images"])
     lines = []
     for part, alone in at_one["seconds_per_image"].items():
         many = at_many["seconds_per_image"].get(part)
         if many is None or alone <= 0 or many <= 0:
             continue
         ratio = alone / many
-        verdict = ("cheaper per image in a batch" if ratio >= 1.2 else
+        verdict = (f"{counts[0]} and {counts[1]} images timed, too few to call" if
+                   min(counts) < MIN_IMAGES else
+                   "cheaper per image in a batch" if ratio >= 1.2 else
                    "dearer per image in a batch" if ratio <= 1 / 1.2 else
                    "about the same per image either way")
         lines.append(f"{part}: {alone:.2f} s per image alone, {many:.2f} in a batch of "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -435,7 +436,7 @@ def server_metrics(metrics: PerfRun | pd.DataFrame, name: str | None = None,
     lines = [("cpu utilization (%)", "CPU")]
     lines += ([(c, c.removeprefix(GPU_UTILIZATION).strip()) for c in gpus] if gpus
               else [(GPU_UTILIZATION, "GPU")])
-    for (col, label), colour in zip(lines, palette):
+    for (col, label), colour in zip(lines, itertools.cycle(palette)):
         if col in table:
             sns.lineplot(data=table, x="time (s)", y=col, ax=left, label=label, color=colour)
     left.set(ylabel="utilization (%)", ylim=(0, 112), title="utilization")  # c=N above 100 %

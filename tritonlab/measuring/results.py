@@ -126,10 +126,12 @@ def load_runs(folder: Path | None = None) -> list[dict]:
     return runs
 
 
-def table(folder: Path | None = None, latest: bool = True) -> pd.DataFrame:
-    """All saved rows with their run's variant, mode, device and date (latest run per variant)."""
+def table(folder: Path | None = None, latest: bool = True,
+          runs: list[dict] | None = None) -> pd.DataFrame:
+    """All saved rows with their run's variant, mode, device and date (latest run per variant),
+    from `folder`, or from `runs` already read with `load_runs`."""
     frames = []
-    for data in load_runs(folder):
+    for data in (load_runs(folder) if runs is None else runs):
         df = pd.DataFrame(data["rows"])
         if df.empty:
             continue
@@ -150,17 +152,25 @@ def table(folder: Path | None = None, latest: bool = True) -> pd.DataFrame:
     return out.sort_values(["variant", "concurrency"]).reset_index(drop=True)
 
 
+def course_run_start(df: pd.DataFrame, model: str = "food_classifier",
+                     reference: str = "baseline") -> str | None:
+    """When the current course run began: the date of `model`'s newest `reference` run in a
+    `table()` (notebook 02 measures the baseline first, and later notebooks reuse that run);
+    None when there is none."""
+    started = df.loc[(df["variant"] == reference) & (df["model"] == model), "date"]
+    return None if started.empty else started.max()
+
+
 def course_run(df: pd.DataFrame, model: str = "food_classifier",
                reference: str = "baseline") -> pd.DataFrame:
     """The rows of `table()` that belong to the current course run of `model`: its runs saved
     since its newest `reference` run (notebook 02 measures the baseline first, and later
     notebooks reuse that run), so runs left from an earlier course run are not compared with
     this one. Raises ValueError when `reference` was never saved for `model`."""
-    rows = df[df["model"] == model] if "model" in df.columns else df
-    started = rows.loc[rows["variant"] == reference, "date"]
-    if started.empty:
+    started = course_run_start(df, model, reference)
+    if started is None:
         raise ValueError(f"no '{reference}' run of {model} saved: run notebook 02 first.")
-    return rows[rows["date"] >= started.max()].reset_index(drop=True)
+    return df[(df["model"] == model) & (df["date"] >= started)].reset_index(drop=True)
 
 
 def latest(variant: str, folder: Path | None = None) -> tuple[pd.DataFrame, Path] | None:

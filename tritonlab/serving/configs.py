@@ -354,7 +354,7 @@ def read_config(path: Path | str) -> mc.ModelConfig:
     path = Path(path)
     if path.is_dir():
         path = path / "config.pbtxt"
-    return text_format.Parse(path.read_text(), mc.ModelConfig())
+    return parse(path.read_text(), where=str(path))
 
 
 def write_config(cfg: mc.ModelConfig, repository: Path | str | None = None,
@@ -388,9 +388,9 @@ ENSEMBLE_CPU_SHARE = {"food_classifier": 0.5, "conditional_captioning": 1.0}
 #: Dynamic batching on the captioning step. A batch of 8 captions takes seconds on 2 CPU cores,
 #: so waiting up to 500 ms for a full batch costs little there, and each generated token then
 #: reads the text decoder's weights once for 8 images. A short delay lets a batch start before
-#: the requests of the previous one are back from the classifier (at concurrency 8 on 2 cores,
-#: 100 ms formed batches of about 4). With fewer requests in flight than 8, each batch waits
-#: the whole 500 ms (notebook 07 prints the cost at concurrency 1).
+#: the requests of the previous one are back from the classifier, so batches come out smaller
+#: than 8 when the delay is short. With fewer requests in flight than 8, each batch waits the
+#: whole 500 ms (notebook 07 prints the cost at concurrency 1).
 CAPTIONING_BATCHING = {"preferred_batch_size": [8], "max_queue_delay_microseconds": 500000}
 
 #: How the captioning step can run, from the first model a user writes to the course's fastest
