@@ -15,6 +15,7 @@ import re
 import stat
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -418,7 +419,17 @@ def test_install_offline_takes_what_the_machine_has_and_is_idempotent(bundle, tm
     assert variables["PATH"] == f"{env / 'bin'}{os.pathsep}/usr/bin"
     assert variables["PYTHONPATH"] == str(env / "site")
     assert variables["LD_LIBRARY_PATH"] == str(env / "lib")
-    assert variables["TRITONLAB_STUB_PYTHONPATH"] == str(env / "stub-site")
+    assert variables["TRITONLAB_STUB_PYTHON"] == str(env / "stub-python" / "bin")
+    # The model processes' interpreter ignores PYTHONPATH and takes the first python3 on PATH:
+    # found that way, the bundle's stub-site comes before this Python's own packages.
+    found = subprocess.run(
+        ["bash", "-c", 'exec python3 -c "import sys, fake_numpy; print(fake_numpy.__file__); '
+         'print(sys.path.index(sys.argv[1]) < sys.path.index(sys.argv[2]))" "$@"', "-",
+         str(env / "stub-site"), sysconfig.get_paths()["purelib"]],
+        env={**variables, "PATH": variables["TRITONLAB_STUB_PYTHON"] + os.pathsep
+             + os.environ["PATH"], "PYTHONPATH": ""},
+        capture_output=True, text=True, check=True).stdout.split()
+    assert found == [str(env / "stub-site" / "fake_numpy.py"), "True"]
 
     marker = env / "site" / "left-by-the-first-install"
     marker.write_text("")

@@ -558,6 +558,35 @@ def _extract(archive: Path, target: Path) -> None:
             tar.extractall(target)
 
 
+#: The Python the model processes run when the machine's NumPy is 2 or newer (see make_stub_python).
+STUB_PYTHON = "stub-python"
+
+
+def make_stub_python(target: Path, first: Iterable[Path]) -> Path:
+    """A virtual environment whose `bin/python3` is this Python with the folders `first` ahead
+    of this Python's own site-packages; returns its `bin/` folder.
+
+    Why not PYTHONPATH: Triton's Python backend stub runs an embedded interpreter that ignores
+    PYTHONPATH (seen here with Triton 2.51's stub and on a GPU machine: its `sys.path` held none of
+    it). That interpreter takes the first `python3` on PATH as its own, as a virtual environment
+    would, and reads that environment's site-packages, `.pth` files included. So the model
+    processes get NumPy 1.26 first when this `bin/` leads PATH: the `.pth` file below lists
+    `first`, then this Python's site-packages (where torch and the rest are).
+    """
+    import site
+    import venv
+
+    target = Path(target)
+    venv.EnvBuilder(with_pip=False, symlinks=True, clear=True).create(target)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site_dir = target / "lib" / version / "site-packages"
+    site_dir.mkdir(parents=True, exist_ok=True)
+    own = [p for p in dict.fromkeys(site.getsitepackages()) if Path(p).is_dir()]
+    lines = [str(Path(p).resolve()) for p in first] + own
+    (site_dir / "tritonlab-stub.pth").write_text("\n".join(lines) + "\n")
+    return target / "bin"
+
+
 def install(bundle: Path = DEFAULT_BUNDLE, env: Path | None = None,
             version: str | None = None, present: Callable[[str], bool] = has_module) -> dict:
     """Install the bundle for this Python into `env` (default build/gpu-check/env), without
@@ -565,7 +594,8 @@ def install(bundle: Path = DEFAULT_BUNDLE, env: Path | None = None,
 
     Layout: `site/` (the server as pytriton lays it out, tritonclient, and each wheel whose
     module `present` says this Python lacks), `stub-site/` (NumPy 1.26 for the model processes,
-    where this Python's NumPy is 2 or newer), `bin/perf_analyzer`, `lib/` (its libraries). An
+    where this Python's NumPy is 2 or newer) with `stub-python/`, the Python that puts it first
+    (`make_stub_python`), `bin/perf_analyzer`, `lib/` (its libraries). An
     `env` installed from the same manifest for the same Python is kept as it is (idempotent).
     Raises BundleError when the bundle is missing, changed, or made for other Python versions.
     """
@@ -613,11 +643,14 @@ def install(bundle: Path = DEFAULT_BUNDLE, env: Path | None = None,
             to_site.append(path)
     how = _install_wheels(to_site, partial / "site")
     _install_wheels(to_stub, partial / "stub-site")
+    if to_stub:  # its .pth names stub-site where it will be, once `partial` becomes `env`
+        make_stub_python(partial / STUB_PYTHON, [env / "stub-site"])
     done = {
         "key": key,
         "env": str(env),
         "installed": [names[p] for p in to_site],
         "stub_site": [names[p] for p in to_stub],
+        "stub_python": str(env / STUB_PYTHON / "bin") if to_stub else None,
         "from_machine": from_machine,
         "how": how,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -630,8 +663,9 @@ def install(bundle: Path = DEFAULT_BUNDLE, env: Path | None = None,
 
 def process_environment(env: Path, base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment variables under which a process uses an installed bundle: `site/` first on
-    PYTHONPATH, `bin/` on PATH, `lib/` on LD_LIBRARY_PATH, and TRITONLAB_STUB_PYTHONPATH naming
-    `stub-site/` (the check puts it first on the model processes' import path)."""
+    PYTHONPATH, `bin/` on PATH, `lib/` on LD_LIBRARY_PATH, and TRITONLAB_STUB_PYTHON naming
+    `stub-python/bin/` where it exists (the check puts it first on the PATH of the model
+    processes, whose interpreter ignores PYTHONPATH: see `make_stub_python`)."""
     out = dict(os.environ if base is None else base)
 
     def prepend(var: str, path: Path) -> None:
@@ -640,6 +674,6 @@ def process_environment(env: Path, base: dict[str, str] | None = None) -> dict[s
     prepend("PYTHONPATH", env / "site")
     prepend("PATH", env / "bin")
     prepend("LD_LIBRARY_PATH", env / "lib")
-    if (env / "stub-site").is_dir() and any((env / "stub-site").iterdir()):
-        out["TRITONLAB_STUB_PYTHONPATH"] = str(env / "stub-site")
+    if (env / STUB_PYTHON / "bin" / "python3").exists():
+        out["TRITONLAB_STUB_PYTHON"] = str(env / STUB_PYTHON / "bin")
     return out

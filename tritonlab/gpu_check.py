@@ -243,7 +243,9 @@ def where_it_ran(variant: dict) -> str:
     for inst in variant.get("instances", []):
         where = inst.get("model_device") or inst.get("triton_device") or "?"
         found[where] = found.get(where, 0) + 1
-    return ", ".join(f"{k} x{n}" for k, n in sorted(found.items())) or "?"
+    placed = ", ".join(f"{k} x{n}" for k, n in sorted(found.items())) or "?"
+    return f"{placed}, computing on {variant['computes_on']}" if variant.get("computes_on") \
+        else placed
 
 
 def _cell(value: Any) -> str:
@@ -665,7 +667,7 @@ def placements(log_text: str) -> list[dict]:
 #: Run in the model processes' environment: what they will import, and what torch sees.
 PROBE = r"""
 import json, sys
-out = {"python": sys.version.split()[0], "executable": sys.executable}
+out = {"python": sys.version.split()[0], "executable": sys.executable, "sys_path": sys.path[:6]}
 for name in ("numpy", "PIL", "torchvision", "onnxruntime"):
     try:
         mod = __import__(name)
@@ -692,9 +694,15 @@ print("PROBE " + json.dumps(out))
 
 
 def probe_model_environment(env: dict[str, str]) -> dict:
-    """What the model processes' Python imports and sees (run with their environment)."""
-    proc = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
-                          text=True, timeout=300)
+    """What the model processes' Python imports and sees, found as a model process finds it.
+
+    The Python backend starts each model process through `bash -c "exec <stub> ..."`
+    (python_backend's stub_launcher.cc), and the stub's embedded interpreter, given no program
+    name, takes the first `python3` on PATH as its own (CPython's getpath) and ignores
+    PYTHONPATH (seen: none of it was on a model process's `sys.path`). The probe goes the same
+    way, with `-E` to ignore PYTHONPATH too, in the environment the server passes on."""
+    proc = subprocess.run(["bash", "-c", 'exec python3 -E -c "$0"', PROBE], env=env,
+                          capture_output=True, text=True, timeout=300)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE ")), None)
     if line is None:
         raise RuntimeError(f"the probe of the model processes' Python failed (exit status "
@@ -711,7 +719,7 @@ def environment_problems(probe: dict, gpu_count: int) -> list[str]:
     elif int(str(numpy.get("version", "0")).split(".")[0]) >= 2:
         problems.append(f"NumPy {numpy['version']} there: Triton 2.51's Python backend misreads "
                         "BYTES tensors under NumPy 2 (python_backend#384); the bundle's NumPy "
-                        "1.26 should come first (TRITONLAB_STUB_PYTHONPATH)")
+                        "1.26 should come first (its stub-python, TRITONLAB_STUB_PYTHON)")
     torch = probe.get("torch", {})
     if "error" in torch:
         problems.append(f"torch cannot be imported there: {torch['error']}")
@@ -722,18 +730,20 @@ def environment_problems(probe: dict, gpu_count: int) -> list[str]:
     return problems
 
 
-def _server(repository: Path, state_dir: Path, stub_path: str):
-    """The embedded Triton on free ports, whose model processes find `stub_path` (NumPy 1.26
-    from the bundle) first on their import path."""
+def _server(repository: Path, state_dir: Path, stub_bin: str):
+    """The embedded Triton on free ports, whose model processes run the `python3` in `stub_bin`
+    (the bundle's stub-python: NumPy 1.26 ahead of the machine's packages) when it is given."""
     from .serving.embedded import EmbeddedTriton
     from .settings import TritonAddress
 
     class CheckTriton(EmbeddedTriton):
         def _environment(self) -> dict[str, str]:
             env = super()._environment()
-            if stub_path:
-                env["PYTHONPATH"] = os.pathsep.join(filter(None, [stub_path,
-                                                                  env.get("PYTHONPATH")]))
+            # Model processes start through `bash -c` (see probe_model_environment): a script
+            # named by BASH_ENV would run first and could put another NumPy ahead of ours.
+            env.pop("BASH_ENV", None)
+            if stub_bin:  # first on PATH: the stub's interpreter takes the first python3 there
+                env["PATH"] = os.pathsep.join(filter(None, [stub_bin, env.get("PATH")]))
             return env
 
         def model_environment(self) -> dict[str, str]:
@@ -936,6 +946,7 @@ def measure_variant(server, variant: Variant, entry: dict, gpu_count: int, gpus:
             entry["note"] = ("ONNX Runtime in the model processes has no CUDAExecutionProvider "
                              f"(providers: {', '.join(providers) or 'none'}): each GPU "
                              "instance's session runs on ONNX Runtime's CPU provider")
+            entry["computes_on"] = "the CPU (ONNX Runtime's CPU provider)"
     log_start = len(server.log_text())
     entry["load_s"] = round(deploy.deploy(
         server, cfg, how="reload", source=f"tritonlab.gpu_check ({variant.label})",
@@ -985,7 +996,7 @@ def measure(args: argparse.Namespace) -> int:
     gpus = query_gpus()["gpus"] if args.gpus else []
     repository = Path(os.environ.get("TRITONLAB_MODEL_REPOSITORY", work / "repository"))
     server = _server(repository, Path(os.environ.get("TRITONLAB_STATE_DIR", work / "state")),
-                     os.environ.get("TRITONLAB_STUB_PYTHONPATH", ""))
+                     os.environ.get("TRITONLAB_STUB_PYTHON", ""))
     ok, probe = attempt("the model processes' Python",
                         lambda: probe_model_environment(server.model_environment()))
     if ok:

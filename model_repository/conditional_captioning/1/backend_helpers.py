@@ -48,6 +48,27 @@ def exit_with_server() -> None:
                     str(os.getppid())], check=True, timeout=10)
 
 
+def check_numpy() -> str:
+    """NumPy's version and folder in this model process, as 'NumPy 1.26.4 (<folder>)'.
+
+    Raises RuntimeError under NumPy 2: the Python backend of Triton 2.51 (NGC 24.10) reads a
+    BYTES tensor wrongly there (every byte taken as the first: python_backend#384) and its stub
+    process dies at the first image, warm-up included. Refusing at load says why instead.
+    """
+    import sys
+
+    import numpy
+
+    where = os.path.dirname(numpy.__file__)
+    if int(numpy.__version__.split(".")[0]) >= 2:
+        raise RuntimeError(
+            f"NumPy {numpy.__version__} ({where}) in this model process: Triton 2.51's Python "
+            "backend misreads BYTES tensors under NumPy 2 (python_backend#384) and its stub "
+            "dies at the first request. Install numpy<2 in the Python the model processes use, "
+            f"or put a NumPy 1.x first on PYTHONPATH. sys.path begins {sys.path[:4]}")
+    return f"NumPy {numpy.__version__} ({where})"
+
+
 def client_error(message: str):
     """An error for one request, as the client's fault (HTTP 400, gRPC INVALID_ARGUMENT)."""
     code = getattr(pb_utils.TritonError, "INVALID_ARG", None)

@@ -32,6 +32,7 @@ class TritonPythonModel:
 
     def initialize(self, args):
         backend_helpers.exit_with_server()
+        backend_helpers.check_numpy()
         params = backend_helpers.config_parameters(args)
         device = backend_helpers.instance_device(args)
         self.captioner = blip_captioner.Captioner(

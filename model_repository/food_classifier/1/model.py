@@ -50,6 +50,7 @@ class TritonPythonModel:
 
     def initialize(self, args):
         backend_helpers.exit_with_server()
+        numpy_line = backend_helpers.check_numpy()
         params = backend_helpers.config_parameters(args)
         runtime = params.get("runtime", "torch") or "torch"
         device = backend_helpers.instance_device(args)
@@ -58,7 +59,7 @@ class TritonPythonModel:
         self.labels = np.array([s.encode() for s in food11_network.LABELS], dtype=object)
         name = args["model_instance_name"]
         print(f"[{name}] Food-11 classifier on {runtime} on {device}, {self.model.threads}; "
-              f"weights from {self.model.meta.get('source')}", flush=True)
+              f"weights from {self.model.meta.get('source')}; {numpy_line}", flush=True)
         if self.model.stand_in:
             print(f"[{name}] WARNING: serving STAND-IN weights (seeded random, not trained): "
                   "labels and probabilities are meaningless.", flush=True)
