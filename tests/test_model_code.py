@@ -139,3 +139,13 @@ def test_food11_images_are_found_in_any_layout(tmp_path, images):
     assert len(samples.food11_images(folder=tmp_path)) == 10
     picked = samples.food11_images(limit=3, folder=tmp_path)
     assert len(picked) == 3 and len({p.parent.name for p in picked}) == 3
+
+
+def test_numpy_2_is_refused_at_load_with_the_reason(helpers, monkeypatch):
+    """Triton 2.51's backend stub misreads BYTES tensors under NumPy 2 and dies at the first
+    image (seen on a GPU machine whose Python had NumPy 2.5): the model refuses to load instead,
+    naming the NumPy it got and where from."""
+    assert helpers.check_numpy().startswith(f"NumPy {np.__version__} (")
+    monkeypatch.setattr(np, "__version__", "2.5.2")
+    with pytest.raises(RuntimeError, match=r"NumPy 2\.5\.2 .*python_backend#384.*numpy<2"):
+        helpers.check_numpy()

@@ -158,12 +158,20 @@ def _machine() -> dict:
 
 
 def _commit() -> str | None:
+    """The checkout's commit, with how many tracked files differ from it (a copied tree can
+    carry an older `.git` than its files)."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=settings.ROOT,
                              capture_output=True, text=True, timeout=10)
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                 cwd=settings.ROOT, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
+    commit = out.stdout.strip() if out.returncode == 0 else ""
+    if not commit:
+        return None
+    n = len(changed.stdout.splitlines()) if changed.returncode == 0 else 0
+    return f"{commit} (+{n} changed file{'s' if n != 1 else ''})" if n else commit
 
 
 def command_line(args: argparse.Namespace) -> str:

@@ -154,7 +154,10 @@ class EmbeddedTriton(TritonServer):
         if env.get("LD_LIBRARY_PATH"):
             libs.append(env["LD_LIBRARY_PATH"])
         env["LD_LIBRARY_PATH"] = ":".join(libs)
-        # The stub imports numpy, torch, ... from the environment it inherits: this one.
+        # The backend stub's interpreter takes the first `python3` on PATH as its own and reads
+        # that environment's site-packages (numpy, torch, ...); it ignores PYTHONPATH (seen with
+        # this server's stub: see tritonlab.gpu_bundle.make_stub_python). So this Python's bin/
+        # goes first on PATH (the PYTHONPATH set below does not reach the stub).
         bindir = str(Path(sys.executable).parent)
         env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
         if sys.prefix != sys.base_prefix:
