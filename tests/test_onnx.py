@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tritonlab.assets import onnx_export, weights
-from tritonlab.serving import clients, configs
+from tritonlab.serving import clients, configs, onnx_backend
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +106,116 @@ def test_stage_times_cover_both_runtimes(exported):
     assert (df["ms per image"] > 0).all()
     text = stages.summary(df)
     assert text.count("images/s in-process") == 2
+
+
+def _gpu_node_cfg(name: str = "food_classifier_onnx"):
+    return configs.onnxruntime_backend_config(
+        name=name, instance_groups=[{"count": 1, "kind": "KIND_GPU", "gpus": [0]},
+                                    {"count": 1, "kind": "KIND_GPU", "gpus": [1]}],
+        dynamic_batching={"preferred_batch_size": [4, 8], "max_queue_delay_microseconds": 5000})
+
+
+def _logits(model_path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"input": x})[0]
+
+
+def test_the_onnxruntime_backend_folder_agrees_with_its_graph(exported, tmp_path, images):
+    """What the GPU node's onnxruntime backend loads: config.pbtxt and 1/model.onnx, checked
+    against each other; the FP16 file keeps FP32 inputs and outputs and the same labels."""
+    source = exported / "food11.onnx"
+    fp32 = onnx_backend.write_backend_model(_gpu_node_cfg(), tmp_path, source=source)
+    fp16 = onnx_backend.write_backend_model(_gpu_node_cfg("food_classifier_onnx_fp16"), tmp_path,
+                                           fp16=True, source=source)
+    assert "input 'input' FP32 [-1, 3, 224, 224]" in onnx_backend.check_backend_model(fp16)
+    assert (fp16 / "1" / "model.onnx").stat().st_size < 0.6 * (fp32 / "1" / "model.onnx"
+                                                               ).stat().st_size
+    inputs = onnx_export.write_tensor_inputs(images, tmp_path / "tensor.json")
+    import base64
+    import json
+
+    data = json.loads(inputs.read_text())["data"]
+    x = np.stack([np.frombuffer(base64.b64decode(d["input"]["content"]["b64"]), dtype="<f4")
+                  .reshape(d["input"]["shape"]) for d in data])
+    a, b = _logits(fp32 / "1" / "model.onnx", x), _logits(fp16 / "1" / "model.onnx", x)
+    assert a.shape == (len(images), 11) and b.dtype == np.float32
+    assert (a.argmax(1) == b.argmax(1)).all()
+    # A config that does not fit the graph is refused, naming what differs.
+    cfg = _gpu_node_cfg()
+    cfg.input[0].dims[2] = 225
+    configs.write_config(cfg, tmp_path)
+    with pytest.raises(configs.ConfigError, match=r"input 'input'.*\[-1, 3, 224, 225\].*"
+                                                  r"\[-1, 3, 224, 224\]"):
+        onnx_backend.check_backend_model(fp32)
+
+
+TWIN_MODEL = '''
+import os
+
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """The onnxruntime backend's contract (tensor 'input' in, 'logits' out), in Python."""
+
+    def initialize(self, args):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        here = os.path.dirname(__file__)
+        self.session = ort.InferenceSession(os.path.join(here, "model.onnx"), opts,
+                                            providers=["CPUExecutionProvider"])
+
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "input").as_numpy()
+            y = self.session.run(["logits"], {"input": x})[0]
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("logits", y)]))
+        return out
+'''
+
+
+@pytest.mark.server
+def test_the_gpu_node_files_and_tensor_inputs_work_through_triton_and_perf_analyzer(
+        exported, tmp_path, images):
+    """Up to the boundary of the onnxruntime backend, which the embedded server lacks: the very
+    folder the GPU node loads, served by a Python-backend twin that keeps its config's inputs,
+    outputs and batching (only the backend and the device differ), measured by perf_analyzer
+    with the tensor input file notebook 05 uses there."""
+    import tritonclient.http as httpclient
+
+    from tritonlab.measuring import perf, results
+    from tritonlab.serving.embedded import EmbeddedTriton
+    from tritonlab.settings import TritonAddress
+
+    repo = tmp_path / "repo"
+    folder = onnx_backend.write_backend_model(_gpu_node_cfg(), repo,
+                                             source=exported / "food11.onnx")
+    twin = configs.read_config(folder / "config.pbtxt")
+    twin.ClearField("platform")
+    twin.backend = "python"
+    twin.ClearField("instance_group")
+    twin.instance_group.add(count=1, kind=configs.mc.ModelInstanceGroup.KIND_CPU)
+    configs.write_config(twin, repo)
+    (folder / "1" / "model.py").write_text(TWIN_MODEL)
+    inputs = onnx_export.write_tensor_inputs(images, tmp_path / "tensor.json")
+    server = EmbeddedTriton(repo, address=TritonAddress.free(), state_dir=tmp_path / "state")
+    try:
+        server.start(models=["food_classifier_onnx"])
+        x = np.zeros((2, 3, 224, 224), dtype=np.float32)
+        client = httpclient.InferenceServerClient(server.http_url)
+        tensor = httpclient.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        got = client.infer("food_classifier_onnx", [tensor]).as_numpy("logits")
+        np.testing.assert_allclose(got, _logits(folder / "1" / "model.onnx", x), rtol=1e-5,
+                                   atol=1e-6)
+        opts = perf.PerfSettings(concurrency=[2], measurement_ms=1000, min_requests=10,
+                                 max_trials=6, input_data=str(inputs))
+        run = perf.run(server, "food_classifier_onnx", "twin of the onnxruntime backend", opts,
+                       save=False, sample_metrics=False)
+        assert len(run.df) == 1 and run.df[results.THROUGHPUT].iloc[0] > 0
+    finally:
+        server.stop()

@@ -8,5 +8,6 @@
   cold starts, bench); uses serving and assets.
 
 `settings` (paths, quick mode, Triton's address) and `common` (logger, atomic writes, waiting)
-sit below all three; `api`, `lab` and `cli` on top.
+sit below all three; `api`, `lab` and `cli` on top. `chameleon` (notebook 00's lease, with
+python-chi) imports nothing of the course.
 """

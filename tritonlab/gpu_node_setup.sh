@@ -27,6 +27,9 @@ nvidia_toolkit() {
 
 gpu_check() {
   sudo docker run --rm --gpus all ubuntu:24.04 nvidia-smi
+  # nvtop: each GPU's load and memory over time, in a terminal on the node, while notebooks run
+  command -v nvtop >/dev/null || sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nvtop \
+    || echo "nvtop could not be installed: use 'watch -n 1 nvidia-smi' instead"
 }
 
 images() {
@@ -64,5 +67,7 @@ steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(docker_engine nvidia_toolkit gpu_check images blip containers)
 for step in "${steps[@]}"; do
   echo "=== $step"
+  began=$SECONDS
   "$step"
+  echo "=== $step done in $(( (SECONDS - began) / 60 )) min $(( (SECONDS - began) % 60 )) s"
 done

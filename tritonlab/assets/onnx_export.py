@@ -1,7 +1,8 @@
-"""Export the classifier to ONNX (dynamic batch axis) and check it against PyTorch.
+"""Export the classifier to ONNX (dynamic batch axis) and check it against PyTorch; its FP16
+conversion and the tensor input file for Triton's own onnxruntime backend (GPU node).
 
-The config of Triton's own onnxruntime backend for the export is built in
-`tritonlab.serving.configs.onnxruntime_backend_config`.
+That backend's config is built in `tritonlab.serving.configs.onnxruntime_backend_config`, and
+its model folder written and checked in `tritonlab.serving.onnx_backend`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import torch
 
 from ..common import atomic_write
 from .repository import decoding, model_dir, network
+
+#: The file Triton's onnxruntime backend loads from a version folder (its default_model_filename).
+BACKEND_MODEL_FILE = "model.onnx"
 
 
 def export_onnx(folder: Path | None = None, opset: int = 17) -> Path:
@@ -61,3 +65,32 @@ def compare(images: list[Path], folder: Path | None = None) -> pd.DataFrame:
         "ONNX Runtime probability": ort_prob,
         "abs difference": np.abs(torch_prob - ort_prob),
     })
+
+
+def to_fp16(source: Path, target: Path) -> Path:
+    """Write `source` with FP16 weights and arithmetic to `target`, FP32 inputs and outputs kept
+    (`keep_io_types`), so the same config.pbtxt and clients serve it. Converted by ONNX Runtime's
+    own converter (`onnxruntime.transformers.float16`)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    return atomic_write(Path(target), model.SerializeToString())
+
+
+def write_tensor_inputs(images: list[Path], path: Path | None = None) -> Path:
+    """perf_analyzer's input file for the onnxruntime backend's model: each image decoded and
+    normalised exactly as `model.py` does, sent as the FP32 tensor `input` (3, 224, 224), its
+    bytes in `b64` (perf_analyzer sends them as they are). About 0.6 MB per image, against a
+    few kB of JPEG: that backend receives pixels, not files."""
+    import base64
+
+    from .. import settings
+
+    mod, dec = network(), decoding()
+    batch = mod.normalise(np.stack([dec.decode_image(Path(p).read_bytes()) for p in images]))
+    data = [{"input": {"content": {"b64": base64.b64encode(x.astype("<f4").tobytes()).decode()},
+                       "shape": list(x.shape)}} for x in batch]
+    path = Path(path or settings.PERF_INPUTS / "food_classifier_tensor.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, json.dumps({"data": data}))
