@@ -83,3 +83,28 @@ def test_triton_down_gives_503(images):
         assert resp.status_code == 503 and "make serve" in resp.json()["detail"]
     finally:
         running.stop()
+
+
+def test_a_refusal_under_load_gives_503_with_retry_after(endpoint, triton, images):
+    """Triton's queue policy refuses what does not fit its queue; the API passes that on as
+    503 with Retry-After, and serves the requests Triton accepted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tritonlab.serving import configs, deploy
+
+    cfg = configs.course_configs()["conditional_captioning"]
+    configs.set_queue_policy(cfg, max_queue_size=1, timeout_microseconds=10_000_000)
+    data = images[0].read_bytes()
+    try:
+        deploy.deploy(triton, cfg)
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda _: post(endpoint, images[0].name, data), range(12)))
+    finally:
+        deploy.restore_baseline(triton, "conditional_captioning")
+    refused = [r for r in answers if r.status_code == 503]
+    served = [r for r in answers if r.status_code == 200]
+    assert refused and served and len(refused) + len(served) == 12
+    for resp in refused:
+        assert resp.headers["Retry-After"] == str(api.RETRY_AFTER_S)
+        assert "overloaded" in resp.json()["detail"]
+    assert all(r.json()["caption"] for r in served)

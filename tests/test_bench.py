@@ -125,3 +125,32 @@ def test_limits_give_each_part_its_share_of_the_gemm_peak_and_the_bound():
     # encoder at the peak: 110 / 200 = 0.55 s, + decoder 0.2 s = 0.75 s against naive's 1.5 s
     assert v["captioning vs naive, encoder at GEMM peak (bound)"] == (
         "2.00x (1.50 vs 0.75 s/image)", None)
+
+
+def test_the_overload_rows_report_both_configs():
+    figures = {"overload": {"offered_rps": 270.0, "requests": 2000,
+                            "policy": bench.OVERLOAD_POLICY,
+                            "without": {"answered p99 (ms)": 2400.0},
+                            "with": {"answered p99 (ms)": 410.0, "refused share": 0.31,
+                                     "slowest refusal (ms)": 290.0}}}
+    rows = {row["figure"]: row["measured"] for row in bench.verdicts(
+        {**_figures_without_overload(), **figures})}
+    assert rows["overload 270 req/s: answered p99 without vs with queue policy"] == \
+        "2400 vs 410 ms"
+    assert rows["overload with queue policy: refused, slowest refusal"] == \
+        "31%, 290 ms (timeout 200 ms)"
+
+
+def _figures_without_overload() -> dict:
+    load = {"concurrency": 8, "seconds": 60.0, "requests_ok": 10, "requests_failed": 0,
+            "perf_analyzer_error": None, "rss_end_mib": 1.0, "rss_after_warmup_mib": 1.0,
+            "rss_growth": 0.0}
+    return {"baseline_c8": {"throughput": 30.0, "p95_ms": 300.0},
+            "fastest_c8": {"throughput": 95.0, "p95_ms": 120.0},
+            "in_process": {"throughput": 100.0, "served_throughput": 95.0,
+                           "served_share": 0.95}, "reload_s": 6.0, "restart_s": 12.0,
+            "reload_torch_s": 6.5, "captioning": FIGURES,
+            "ensemble_overhead_ms": {"ensemble_ms": 140.0, "two_calls_ms": 125.0},
+            "memory_all_models_mib": 1400.0,
+            "memory_per_extra_instance_mib": {"onnxruntime": 200.0, "torch": 900.0},
+            "load_classifier_c32": dict(load, concurrency=32), "load_ensemble_c8": load}

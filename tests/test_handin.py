@@ -88,6 +88,9 @@ def course(tmp_path) -> dict:
     old = save_run(res, "baseline", "2026-11-29T10:00:00+00:00")
     new = save_run(res, "baseline", "2026-11-29T11:00:00+00:00")
     other = save_run(res, "dynamic-batching", "2026-11-29T11:05:00+00:00")
+    (res / "open_loop").mkdir()
+    for stamp in ("20261129T103000Z", "20261129T111000Z"):  # before and after the baseline
+        (res / "open_loop" / f"{stamp}_sweep_fastest.json").write_text("{}")
     return {"notebooks": nbs, "lab": lab, "results": res, "out": tmp_path / "handin",
             "student": student, "executed": executed, "runs": (old, new, other)}
 
@@ -113,7 +116,8 @@ def test_archive_holds_notebooks_figures_results_answers_and_a_manifest(course):
     assert names == {"MANIFEST.md", "ANSWERS.md", "manifest.json",
                      "notebooks/03_dynamic_batching.ipynb",
                      "figures/03_latency.png", "figures/03_throughput.png",
-                     "results/table.csv", f"results/runs/{new.name}", f"results/runs/{other.name}"}
+                     "results/table.csv", f"results/runs/{new.name}", f"results/runs/{other.name}",
+                     "results/open_loop/20261129T111000Z_sweep_fastest.json"}
     # the executed copy, not the student's unexecuted one
     assert executed.cells[1].outputs[0]["text"] == "42 infer/s\n"
     # the table is the newest run of each variant: 2 variants x 2 levels

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from .common import poll_until
+from .serving.clients import REFUSED_UNDER_LOAD
 from .settings import TritonAddress
 
 MODEL = "food_captioning"
@@ -46,6 +47,15 @@ class Problem(BaseModel):
 
 class TritonUnavailable(RuntimeError):
     pass
+
+
+class TritonOverloaded(RuntimeError):
+    """Triton refused the request under load (its queue policy: queue full, or queue timeout)."""
+
+
+#: Seconds a client refused under load is told to wait (`Retry-After`): the course's queue
+#: policies time requests out after well under a second, so by then the queue has turned over.
+RETRY_AFTER_S = 1
 
 
 def _image_code():
@@ -81,6 +91,8 @@ def infer(url: str, data: bytes, model: str = MODEL) -> Prediction:
         result = client.infer(model, [inp])
     except InferenceServerException as exc:
         status = str(exc.status() or "")
+        if REFUSED_UNDER_LOAD.search(exc.message() or ""):
+            raise TritonOverloaded(exc.message()) from None
         if status.startswith("4") and "unknown model" not in exc.message().lower():
             raise HTTPException(422, f"Triton could not process the image: {exc.message()}"
                                 ) from None
@@ -150,6 +162,10 @@ def create_app(url: str | None = None, model: str = MODEL) -> FastAPI:
         await run_in_threadpool(check_image, data)
         try:
             return await run_in_threadpool(infer, target(), data, model)
+        except TritonOverloaded as exc:
+            raise HTTPException(503, f"Triton is overloaded and refused this request ({exc}): "
+                                     f"try again in {RETRY_AFTER_S} s.",
+                                headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         except TritonUnavailable as exc:
             raise HTTPException(503, f"Triton at {target()} is not available or not ready "
                                      f"({exc}); start it (`make serve`) and try again.") from None

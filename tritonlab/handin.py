@@ -1,4 +1,4 @@
-"""The hand-in (`make handin`, and the last cell of notebook 08): one zip file an instructor reads
+"""The hand-in (`make handin`, and the last cell of notebook 09): one zip file an instructor reads
 without running anything. It holds the executed notebooks, the figures, the results table with
 the runs it rests on, the student's answers, and a manifest saying on what machine, with what
 software and in which measurement mode (quick or full) it all ran, and what is missing.
@@ -101,7 +101,7 @@ class Handin:
     manifest: dict
 
     def summary(self) -> str:
-        """What the archive holds and what is missing, as printed by the CLI and notebook 08."""
+        """What the archive holds and what is missing, as printed by the CLI and notebook 09."""
         m = self.manifest
         size = self.path.stat().st_size / 2**20
         done = [n for n in m["notebooks"] if n["in_archive"]]
@@ -377,8 +377,13 @@ def build(out_dir: Path | None = None, notebooks_dir: Path | None = None,
         files["results/table.csv"] = table.to_csv(index=False).encode()
         for run in runs:
             files[f"results/runs/{Path(run['path']).name}"] = Path(run["path"])
+        started = results.course_run_start(table)
+        stamp = (started or "").replace("-", "").replace(":", "")[:15]
+        for path in sorted((results_dir / "open_loop").glob("*.json")):
+            if path.name[:15] >= stamp:  # notebook 07's runs of this course run
+                files[f"results/open_loop/{path.name}"] = path
     elif not missing or not missing[-1].startswith("results:"):
-        missing.append(f"results: no saved run in {_show(results_dir)} (notebooks 02 to 07 "
+        missing.append(f"results: no saved run in {_show(results_dir)} (notebooks 02 to 08 "
                        "save one per measurement)")
     mode, mode_runs = _mode(runs)
 
@@ -534,7 +539,8 @@ def manifest_markdown(m: dict) -> str:
              "concurrency, from the newest run of each variant; its `date` and `file` columns say "
              "which run); "
              "`results/runs/*.json`: each of those runs in full (config, perf_analyzer "
-             "commands and raw output, server metrics, date, machine).",
+             "commands and raw output, server metrics, date, machine); "
+             "`results/open_loop/*.json`: notebook 07's open-loop runs (rows and commands).",
              "5. `manifest.json`: all of this page, for scripts.", ""]
     if m["results"]["left_out"]:
         lines += ["Runs saved before this course run's baseline (an earlier course run) are left "

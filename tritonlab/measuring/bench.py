@@ -30,13 +30,8 @@ from ..settings import TritonAddress
 from . import captioning, perf, processes
 from .results import P95, P99, REQUESTS, THROUGHPUT
 
-#: The fastest classifier variant on this 2-core CPU: ONNX Runtime in the Python backend, two
-#: instances with one thread each (one decodes JPEGs while the other runs the network), and
-#: dynamic batching. One instance with two threads measured about 130-150 infer/s at
-#: concurrency 8 here, two single-thread instances about 175.
-FASTEST = dict(runtime="onnxruntime", instances=2, num_threads=1,
-               dynamic_batching={"preferred_batch_size": [4, 8],
-                                 "max_queue_delay_microseconds": 5000})
+#: The fastest classifier variant on this 2-core CPU (see configs.FASTEST_CLASSIFIER).
+FASTEST = configs.FASTEST_CLASSIFIER
 
 
 def _quietly(fn, *args, **kwargs):
@@ -248,6 +243,10 @@ def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None,
             after = processes.model_rss(pid, "food_classifier", count + 1)
             extra[runtime] = (after - before) / 2**20
         figures["memory_per_extra_instance_mib"] = extra
+
+        log.info("7. overload: 1.5x the fastest variant's capacity, with and without a queue "
+                 "policy ...")
+        figures["overload"] = overload(server, fast["throughput"])
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -259,6 +258,32 @@ def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None,
     path.write_text(json.dumps(figures, indent=1, default=float))
     log.info(f"\nsaved to {path}")
     return figures
+
+
+#: The queue policy of notebook 07's overload section: at most 16 requests wait, none longer than
+#: 200 ms, two priority levels.
+OVERLOAD_POLICY = dict(max_queue_size=16, timeout_microseconds=200_000, priority_levels=2)
+
+
+def overload(server, capacity: float, requests: int = 2000, factor: float = 1.5) -> dict:
+    """The fastest classifier offered `factor` x its closed-loop `capacity` (Poisson, the same
+    seeded arrivals for both), without and with OVERLOAD_POLICY: each config's
+    `openloop.overload_summary` (answered p99, share refused, slowest refusal)."""
+    from . import openloop
+
+    images = samples.sample_images()
+    plain = configs.classifier_config(**FASTEST)
+    policy = configs.classifier_config(**FASTEST)
+    configs.set_queue_policy(policy, **OVERLOAD_POLICY)
+    out = {"offered_rps": factor * capacity, "requests": requests, "policy": OVERLOAD_POLICY}
+    for label, cfg in (("without", plain), ("with", policy)):
+        _quietly(deploy, server, cfg)
+        openloop.drive(server, "food_classifier", capacity / 2, 50, images)  # warm
+        runs = openloop.drive(server, "food_classifier", factor * capacity, requests, images,
+                              priority_share=0.1)
+        out[label] = {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer))
+                          else v) for k, v in openloop.overload_summary(runs, label).items()}
+    return out
 
 
 #: Concurrency levels of the captioning figures; the goal is read at the last one.
@@ -390,6 +415,16 @@ def verdicts(f: dict) -> list[dict]:
          f"{f['memory_per_extra_instance_mib']['torch']:.0f} MiB", "(reported)", None),
     ]
     rows += captioning_verdicts(f["captioning"])
+    if "overload" in f:
+        o = f["overload"]
+        rows.append((f"overload {o['offered_rps']:.0f} req/s: answered p99 without vs with "
+                     "queue policy", f"{o['without']['answered p99 (ms)']:.0f} vs "
+                     f"{o['with']['answered p99 (ms)']:.0f} ms", "(reported)", None))
+        rows.append(("overload with queue policy: refused, slowest refusal",
+                     f"{o['with']['refused share']:.0%}, "
+                     f"{o['with']['slowest refusal (ms)']:.0f} ms "
+                     f"(timeout {o['policy']['timeout_microseconds'] / 1000:.0f} ms)",
+                     "(reported)", None))
     for key, name in (("load_classifier_c32", "classifier"), ("load_ensemble_c8", "ensemble")):
         load = f[key]
         rows.append((f"load {name} c={load['concurrency']}, {load['seconds']:.0f} s: failed "

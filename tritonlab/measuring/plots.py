@@ -502,3 +502,52 @@ def cold_start(df, name: str | None = None,
     _legend_outside(right, "variant", handles, labels)
     fig.suptitle(title)
     return _finish(fig, name)
+
+
+def open_loop(df, knee: dict | None = None, name: str | None = None,
+              title: str = "Open-loop load: latency and throughput against offered load"):
+    """Two panels from `openloop.sweep`: p50 and p99 latency (ms, log axis when they spread)
+    against the offered rate, and the achieved throughput against it with the line where every
+    request offered comes back; the knee (`openloop.knee`), when found, as a dashed line."""
+    from .openloop import ACHIEVED, OFFERED, P50_MS, P99_MS
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for col, style in ((P50_MS, "o-"), (P99_MS, "s--")):
+        left.plot(df[OFFERED], df[col], style, label=col.split()[0])
+    left.set(xlabel="offered load (requests/s, Poisson)", ylabel="latency (ms)",
+             title="latency")
+    _scale(left, pd.concat([df[P50_MS], df[P99_MS]]))
+    right.plot(df[OFFERED], df[ACHIEVED], "o-", label="came back")
+    top = float(max(df[OFFERED].max(), df[ACHIEVED].max()))
+    right.plot([0, top], [0, top], ":", color="grey", label="all that was offered")
+    right.set(xlabel="offered load (requests/s, Poisson)", ylabel="throughput (inferences/s)",
+              title="throughput")
+    for ax in (left, right):
+        if knee:
+            ax.axvline(knee["offered"], linestyle="--", color="tab:red",
+                       label=f"knee, {knee['offered']:.0f} req/s")
+        _legend_outside(ax)
+    fig.suptitle(title)
+    return _finish(fig, name)
+
+
+def overload(runs: Mapping[str, pd.DataFrame], timeout_ms: float | None = None,
+             name: str | None = None,
+             title: str = "Overload: how long each request took, answered or refused"):
+    """One strip per config (`openloop.drive` results by label): each request's latency (ms),
+    coloured by its outcome, so a bounded queue shows as answers that stop early and refusals
+    that come at once; the queue timeout, when given, as a dotted line."""
+    sns = _seaborn()
+    long = pd.concat([r.assign(config=wrap(label)) for label, r in runs.items()],
+                     ignore_index=True)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    sns.stripplot(data=long, x="config", y="latency (ms)", hue="status", dodge=True, size=3,
+                  alpha=0.6, ax=ax)
+    if timeout_ms:
+        ax.axhline(timeout_ms, linestyle=":", color="grey",
+                   label=f"queue timeout, {timeout_ms:g} ms")
+    ax.set(xlabel="", ylabel="latency (ms)", title=title)
+    _scale(ax, long["latency (ms)"])
+    handles, labels = ax.get_legend_handles_labels()
+    _legend_outside(ax, "outcome", handles, labels)
+    return _finish(fig, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,10 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+
+#: Triton's words when a queue policy refuses a request under load (server 2.51): the queue is
+#: full, or the request waited past its queue timeout (gRPC UNAVAILABLE, HTTP 503).
+REFUSED_UNDER_LOAD = re.compile(r"Exceeds maximum queue size|Request timeout expired")
 
 
 @dataclass

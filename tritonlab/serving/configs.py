@@ -219,6 +219,45 @@ def set_dynamic_batching(cfg: mc.ModelConfig, spec: dict | None) -> None:
         spec.get("max_queue_delay_microseconds", 0))
 
 
+def set_queue_policy(cfg: mc.ModelConfig, max_queue_size: int, timeout_microseconds: int,
+                     priority_levels: int = 0) -> None:
+    """Bound the dynamic batcher's queue so that overload is refused instead of waited out.
+
+    At most `max_queue_size` requests wait; more are refused at once (gRPC UNAVAILABLE, HTTP
+    503, "Exceeds maximum queue size"), and a request that has waited `timeout_microseconds` is
+    refused ("Request timeout expired"; `timeout_action: REJECT`). Triton checks the timeout
+    when it schedules, so a refusal can come somewhat later than the timeout (server#7512).
+    With `priority_levels` (e.g. 2) a request sent with priority 1 is scheduled before those at
+    the default, lowest level; each level's queue has this policy. Raises ConfigError without
+    dynamic batching (the policy belongs to its queue)."""
+    if not cfg.HasField("dynamic_batching"):
+        raise ConfigError("a queue policy belongs to the dynamic batcher's queue: turn on "
+                          "dynamic batching first (set_dynamic_batching)")
+    if max_queue_size < 1 or timeout_microseconds < 1:
+        raise ConfigError("max_queue_size and timeout_microseconds must be at least 1")
+    policy = cfg.dynamic_batching.default_queue_policy
+    policy.max_queue_size = max_queue_size
+    policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = timeout_microseconds
+    if priority_levels:
+        cfg.dynamic_batching.priority_levels = priority_levels
+        cfg.dynamic_batching.default_priority_level = priority_levels
+
+
+#: The fastest classifier variant on the course's 2-core CPU: ONNX Runtime in the Python
+#: backend, two instances with one thread each (one decodes JPEGs while the other runs the
+#: network), and dynamic batching. One instance with two threads measured about 130-150 infer/s
+#: at concurrency 8 here, two single-thread instances about 175 (`make bench`).
+FASTEST_CLASSIFIER = dict(runtime="onnxruntime", instances=2, num_threads=1,
+                          dynamic_batching={"preferred_batch_size": [4, 8],
+                                            "max_queue_delay_microseconds": 5000})
+
+
+def fastest_classifier_config() -> mc.ModelConfig:
+    """food_classifier as FASTEST_CLASSIFIER (needs the ONNX export: onnx_export.export_onnx)."""
+    return classifier_config(**FASTEST_CLASSIFIER)
+
+
 def validate(cfg: mc.ModelConfig, folder: Path | None = None, gpu_count: int | None = None) -> None:
     """Raise ConfigError listing every problem Triton would refuse or silently misread."""
     problems = []
@@ -380,7 +419,7 @@ def diff(old: mc.ModelConfig | None, new: mc.ModelConfig) -> str:
 
 #: The share of the machine's cores each step of the ensemble gets in the served repository,
 #: weighted by the work each does: a caption costs BLIP-base far more than a label costs
-#: MobileNetV2 (notebook 07 prints both steps' compute times), so the captioner gets every core
+#: MobileNetV2 (notebook 08 prints both steps' compute times), so the captioner gets every core
 #: and the classifier half of them (one thread on 2 cores). `make bench` measures this against
 #: halves each at concurrency 8 (on 2 cores, 2026-11-29: 1.19 against 0.64 infer/s).
 ENSEMBLE_CPU_SHARE = {"food_classifier": 0.5, "conditional_captioning": 1.0}
@@ -390,11 +429,11 @@ ENSEMBLE_CPU_SHARE = {"food_classifier": 0.5, "conditional_captioning": 1.0}
 #: reads the text decoder's weights once for 8 images. A short delay lets a batch start before
 #: the requests of the previous one are back from the classifier, so batches come out smaller
 #: than 8 when the delay is short. With fewer requests in flight than 8, each batch waits the
-#: whole 500 ms (notebook 07 prints the cost at concurrency 1).
+#: whole 500 ms (notebook 08 prints the cost at concurrency 1).
 CAPTIONING_BATCHING = {"preferred_batch_size": [8], "max_queue_delay_microseconds": 500000}
 
 #: How the captioning step can run, from the first model a user writes to the course's fastest
-#: (notebook 07 and `make bench` measure them; `captioning_config` takes each dict):
+#: (notebook 08 and `make bench` measure them; `captioning_config` takes each dict):
 CAPTIONING_VARIANTS = {
     # one model.generate() per image, transformers' eager attention, no dynamic batching
     "naive": dict(strategy="generate_per_image", attention="eager"),
@@ -423,9 +462,9 @@ COURSE_NOTES = {
     "conditional_captioning": (
         "Threads: cpu_share 1, every core: a caption costs far more than a label, so the\n"
         "classifier beside it in the food_captioning ensemble gets half the cores (see\n"
-        "that model's config; notebook 07 prints both steps' compute times).\n"
+        "that model's config; notebook 08 prints both steps' compute times).\n"
         "Variant: 'fastest' of tritonlab.serving.configs.CAPTIONING_VARIANTS, with dynamic\n"
-        "batching that waits up to 500 ms for a batch of 8 (notebook 07 measures it against\n"
+        "batching that waits up to 500 ms for a batch of 8 (notebook 08 measures it against\n"
         "the naive variant; CAPTIONING_BATCHING says why 500 ms)."),
     "food_captioning": (
         "The two steps run at the same time on different requests: their configs share the\n"
