@@ -68,8 +68,9 @@ bench: install  ## speed and memory figures against the targets (prints a table,
 handin: $(STAMP)  ## one zip to hand in (build/handin/): executed notebooks, figures, results, answers
 	$(BIN)/python -m tritonlab handin
 
-serve: install  ## start Triton in the background on 127.0.0.1 (8000 HTTP, 8001 gRPC, 8002 metrics)
-	$(BIN)/python -m tritonlab serve
+VARIANT ?= baseline
+serve: install  ## start Triton in the background on 127.0.0.1 (8000 HTTP, 8001 gRPC, 8002 metrics); VARIANT=fastest serves the fastest classifier
+	$(BIN)/python -m tritonlab serve --variant $(VARIANT)
 
 stop:  ## stop the background Triton
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m tritonlab stop; else echo "nothing installed"; fi

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -204,4 +205,40 @@ def test_triton_killed_during_a_perf_run(tmp_path, repository):
         assert 0 < pred.probability <= 1
     finally:
         server.stop()
+    assert not tritonservers_in(tmp_path / "state")
+
+
+def test_serve_a_named_variant_and_refuse_an_unknown_one(tmp_path, repository, images):
+    """`make serve VARIANT=fastest`: the ONNX export is made first, the config written, and the
+    variant answers; an unknown name is refused with the names there are, nothing started."""
+    import shutil
+
+    from tritonlab.serving import clients
+
+    # the session's models (its tiny captioner), without the ONNX export a fresh clone lacks
+    repo = Path(shutil.copytree(repository, tmp_path / "model_repository",
+                                ignore=shutil.ignore_patterns("__pycache__", "*.onnx*")))
+    address = TritonAddress.free()
+    env = dict(os.environ, TRITONLAB_STATE_DIR=str(tmp_path / "state"), TRITON_URL=address.url,
+               TRITONLAB_MODEL_REPOSITORY=str(repo))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "tritonlab", *args], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    try:
+        refused = cli("serve", "--variant", "quickest")
+        assert refused.returncode == 2 and "baseline, fastest" in refused.stderr
+        assert not tritonservers_in(tmp_path / "state")
+        served = cli("serve", "--variant", "fastest")
+        assert served.returncode == 0, served.stdout + served.stderr
+        assert "variant 'fastest'" in served.stdout and "make configs" in served.stdout
+        text = (repo / "food_classifier" / "config.pbtxt").read_text()
+        assert 'string_value: "onnxruntime"' in text and (repo / "food_classifier" / "1" /
+                                                          "food11.onnx").exists()
+        assert clients.classify(f"127.0.0.1:{address.http}", images[:2])[0].label
+        log = (tmp_path / "state" / "tritonserver.log").read_text()
+        assert "onnxruntime on cpu" in log
+    finally:
+        cli("stop")
     assert not tritonservers_in(tmp_path / "state")

@@ -44,6 +44,7 @@ def _configs(args) -> int:
 
 def _serve(args) -> int:
     from .assets import weights
+    from .serving import configs, deploy
     from .serving.embedded import EmbeddedTriton
 
     meta = weights.current()
@@ -51,6 +52,18 @@ def _serve(args) -> int:
         print("No Food-11 weights yet: run `make weights` first.", file=sys.stderr)
         return 1
     server = EmbeddedTriton(attach=False)
+    try:
+        cfg = configs.classifier_variant(args.variant)
+    except configs.ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    deploy.prepare_variant(cfg, server.model_repository)
+    path = configs.write_config(cfg, server.model_repository,
+                                source=f"the classifier variant '{args.variant}'",
+                                regenerate="`make configs` puts the committed baseline back")
+    print(f"food_classifier: variant '{args.variant}' ({path})"
+          + ("" if args.variant == "baseline" else
+             "; `make configs` puts the committed baseline back"))
     seconds = server.start(timeout=args.timeout)
     print(f"Triton is ready ({seconds:.1f} s), running in the background (pid "
           f"{server.recorded()['pid']}).")
@@ -143,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                    ).set_defaults(func=_configs)
     p = sub.add_parser("serve", help="start Triton in the background on 127.0.0.1")
     p.add_argument("--timeout", type=float, default=180)
+    p.add_argument("--variant", default="baseline",
+                   help="the classifier variant to serve: baseline (committed) or fastest")
     p.set_defaults(func=_serve)
     sub.add_parser("stop", help="stop the background Triton").set_defaults(func=_stop)
     sub.add_parser("status", help="is Triton running?").set_defaults(func=_status)

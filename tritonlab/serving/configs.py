@@ -258,6 +258,23 @@ def fastest_classifier_config() -> mc.ModelConfig:
     return classifier_config(**FASTEST_CLASSIFIER)
 
 
+#: The classifier variants that can be served by name (`make serve VARIANT=...`,
+#: `deploy.serve_variant`): the committed baseline, and the fastest the course measured here.
+CLASSIFIER_VARIANTS = ("baseline", "fastest")
+
+
+def classifier_variant(name: str) -> mc.ModelConfig:
+    """food_classifier's config for a named variant of CLASSIFIER_VARIANTS: 'baseline' is the
+    committed config (its half of the cores beside the captioner), 'fastest' is
+    FASTEST_CLASSIFIER. Raises ConfigError naming the variants there are."""
+    if name == "baseline":
+        return course_configs()["food_classifier"]
+    if name == "fastest":
+        return fastest_classifier_config()
+    raise ConfigError(f"no classifier variant '{name}': use one of "
+                      f"{', '.join(CLASSIFIER_VARIANTS)}")
+
+
 def validate(cfg: mc.ModelConfig, folder: Path | None = None, gpu_count: int | None = None) -> None:
     """Raise ConfigError listing every problem Triton would refuse or silently misread."""
     problems = []

@@ -74,3 +74,24 @@ def restore_baseline(server, name: str = "food_classifier") -> float:
     return deploy(server, configs.course_configs()[name], how="reload",
                   source=configs.course_source(name), regenerate="make configs",
                   notes=configs.COURSE_NOTES[name])
+
+
+def prepare_variant(cfg: mc.ModelConfig, repository) -> None:
+    """What a config needs in its model folder before Triton loads it: the ONNX export for the
+    ONNX Runtime variants (written again from the weights each time: half a second)."""
+    from ..assets import onnx_export
+
+    runtime = cfg.parameters["runtime"].string_value if "runtime" in cfg.parameters else ""
+    if runtime == "onnxruntime":
+        onnx_export.export_onnx(repository / cfg.name / "1")
+
+
+def serve_variant(server, name: str, how: str = "reload") -> float:
+    """Serve food_classifier as the named variant (configs.CLASSIFIER_VARIANTS), with what it
+    needs prepared first; returns seconds to ready. The ensemble and the API use whatever
+    food_classifier serves. Raises ConfigError for an unknown name."""
+    cfg = configs.classifier_variant(name)
+    prepare_variant(cfg, server.model_repository)
+    log.info(f"serving food_classifier as variant '{name}'")
+    return deploy(server, cfg, how=how, source=f"the classifier variant '{name}'",
+                  regenerate="`make configs` puts the committed baseline back")
