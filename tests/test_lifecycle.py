@@ -11,7 +11,6 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -137,9 +136,15 @@ def test_server_dies_with_the_process_that_started_it(tmp_path, repository):
 
 def test_serve_stop_and_replacing_a_left_over_server(tmp_path, repository):
     """`make serve` leaves Triton running; `make stop` ends it; a new start replaces it."""
+    import shutil
+
     address = TritonAddress.free()
     http = address.http
-    env = dict(os.environ, TRITONLAB_STATE_DIR=str(tmp_path), TRITON_URL=address.url)
+    # the session's models (its tiny captioner: this test is about processes, not models)
+    repo = shutil.copytree(repository, tmp_path / "model_repository",
+                           ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, TRITONLAB_STATE_DIR=str(tmp_path), TRITON_URL=address.url,
+               TRITONLAB_MODEL_REPOSITORY=str(repo))
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "tritonlab", *args], env=env,
@@ -155,7 +160,7 @@ def test_serve_stop_and_replacing_a_left_over_server(tmp_path, repository):
         assert len(left_over) == 1
 
         # a new session (a restarted kernel) starting Triton stops the one left running
-        server = EmbeddedTriton(address=address, state_dir=tmp_path)
+        server = EmbeddedTriton(repo, address=address, state_dir=tmp_path)
         server.start()
         assert not left_over[0].is_running()
         server.stop()
@@ -208,37 +213,27 @@ def test_triton_killed_during_a_perf_run(tmp_path, repository):
     assert not tritonservers_in(tmp_path / "state")
 
 
-def test_serve_a_named_variant_and_refuse_an_unknown_one(tmp_path, repository, images):
-    """`make serve VARIANT=fastest`: the ONNX export is made first, the config written, and the
-    variant answers; an unknown name is refused with the names there are, nothing started."""
-    import shutil
+def test_serve_a_named_variant_and_refuse_an_unknown_one(tmp_path, triton, images):
+    """`make serve VARIANT=...`: an unknown name is refused with the names there are, nothing
+    started; a known one (the same `serve_variant` the CLI's config comes from) gets its ONNX
+    export first and answers, and the baseline comes back after."""
+    from tritonlab.serving import clients, deploy
 
-    from tritonlab.serving import clients
-
-    # the session's models (its tiny captioner), without the ONNX export a fresh clone lacks
-    repo = Path(shutil.copytree(repository, tmp_path / "model_repository",
-                                ignore=shutil.ignore_patterns("__pycache__", "*.onnx*")))
-    address = TritonAddress.free()
-    env = dict(os.environ, TRITONLAB_STATE_DIR=str(tmp_path / "state"), TRITON_URL=address.url,
-               TRITONLAB_MODEL_REPOSITORY=str(repo))
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "tritonlab", *args], env=env,
-                              capture_output=True, text=True, timeout=300)
-
-    try:
-        refused = cli("serve", "--variant", "quickest")
-        assert refused.returncode == 2 and "baseline, fastest" in refused.stderr
-        assert not tritonservers_in(tmp_path / "state")
-        served = cli("serve", "--variant", "fastest")
-        assert served.returncode == 0, served.stdout + served.stderr
-        assert "variant 'fastest'" in served.stdout and "make configs" in served.stdout
-        text = (repo / "food_classifier" / "config.pbtxt").read_text()
-        assert 'string_value: "onnxruntime"' in text and (repo / "food_classifier" / "1" /
-                                                          "food11.onnx").exists()
-        assert clients.classify(f"127.0.0.1:{address.http}", images[:2])[0].label
-        log = (tmp_path / "state" / "tritonserver.log").read_text()
-        assert "onnxruntime on cpu" in log
-    finally:
-        cli("stop")
+    env = dict(os.environ, TRITONLAB_STATE_DIR=str(tmp_path / "state"),
+               TRITON_URL=TritonAddress.free().url,
+               TRITONLAB_MODEL_REPOSITORY=str(tmp_path / "nowhere"))
+    refused = subprocess.run([sys.executable, "-m", "tritonlab", "serve", "--variant", "quickest"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "baseline, fastest" in refused.stderr
     assert not tritonservers_in(tmp_path / "state")
+    onnx = triton.model_repository / "food_classifier" / "1" / "food11.onnx"
+    onnx.unlink(missing_ok=True)  # as in a fresh clone
+    try:
+        deploy.serve_variant(triton, "fastest")
+        text = (triton.model_repository / "food_classifier" / "config.pbtxt").read_text()
+        assert 'string_value: "onnxruntime"' in text and onnx.exists()
+        assert "variant 'fastest'" in text  # the generated file names what it is
+        assert clients.classify(triton.http_url, images[:2])[0].label
+        assert "onnxruntime on cpu" in triton.logs(200, model="food_classifier")
+    finally:
+        deploy.restore_baseline(triton)

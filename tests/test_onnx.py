@@ -180,33 +180,31 @@ class TritonPythonModel:
 
 @pytest.mark.server
 def test_the_gpu_node_files_and_tensor_inputs_work_through_triton_and_perf_analyzer(
-        exported, tmp_path, images):
+        exported, triton, tmp_path, images):
     """Up to the boundary of the onnxruntime backend, which the embedded server lacks: the very
     folder the GPU node loads, served by a Python-backend twin that keeps its config's inputs,
     outputs and batching (only the backend and the device differ), measured by perf_analyzer
     with the tensor input file notebook 05 uses there."""
+    import shutil
+
     import tritonclient.http as httpclient
 
     from tritonlab.measuring import perf, results
-    from tritonlab.serving.embedded import EmbeddedTriton
-    from tritonlab.settings import TritonAddress
 
-    repo = tmp_path / "repo"
-    folder = onnx_backend.write_backend_model(_gpu_node_cfg(), repo,
-                                             source=exported / "food11.onnx")
+    folder = onnx_backend.write_backend_model(_gpu_node_cfg(), triton.model_repository,
+                                              source=exported / "food11.onnx")
     twin = configs.read_config(folder / "config.pbtxt")
     twin.ClearField("platform")
     twin.backend = "python"
     twin.ClearField("instance_group")
     twin.instance_group.add(count=1, kind=configs.mc.ModelInstanceGroup.KIND_CPU)
-    configs.write_config(twin, repo)
+    configs.write_config(twin, triton.model_repository)
     (folder / "1" / "model.py").write_text(TWIN_MODEL)
     inputs = onnx_export.write_tensor_inputs(images, tmp_path / "tensor.json")
-    server = EmbeddedTriton(repo, address=TritonAddress.free(), state_dir=tmp_path / "state")
     try:
-        server.start(models=["food_classifier_onnx"])
+        triton.reload_model("food_classifier_onnx")
         x = np.zeros((2, 3, 224, 224), dtype=np.float32)
-        client = httpclient.InferenceServerClient(server.http_url)
+        client = httpclient.InferenceServerClient(triton.http_url)
         tensor = httpclient.InferInput("input", list(x.shape), "FP32")
         tensor.set_data_from_numpy(x)
         got = client.infer("food_classifier_onnx", [tensor]).as_numpy("logits")
@@ -214,8 +212,9 @@ def test_the_gpu_node_files_and_tensor_inputs_work_through_triton_and_perf_analy
                                    atol=1e-6)
         opts = perf.PerfSettings(concurrency=[2], measurement_ms=1000, min_requests=10,
                                  max_trials=6, input_data=str(inputs))
-        run = perf.run(server, "food_classifier_onnx", "twin of the onnxruntime backend", opts,
+        run = perf.run(triton, "food_classifier_onnx", "twin of the onnxruntime backend", opts,
                        save=False, sample_metrics=False)
         assert len(run.df) == 1 and run.df[results.THROUGHPUT].iloc[0] > 0
     finally:
-        server.stop()
+        triton.unload_model("food_classifier_onnx")
+        shutil.rmtree(folder, ignore_errors=True)

@@ -47,16 +47,16 @@ def _serve(args) -> int:
     from .serving import configs, deploy
     from .serving.embedded import EmbeddedTriton
 
-    meta = weights.current()
-    if meta is None:
-        print("No Food-11 weights yet: run `make weights` first.", file=sys.stderr)
-        return 1
-    server = EmbeddedTriton(attach=False)
     try:
         cfg = configs.classifier_variant(args.variant)
     except configs.ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    meta = weights.current()
+    if meta is None:
+        print("No Food-11 weights yet: run `make weights` first.", file=sys.stderr)
+        return 1
+    server = EmbeddedTriton(attach=False)
     deploy.prepare_variant(cfg, server.model_repository)
     path = configs.write_config(cfg, server.model_repository,
                                 source=f"the classifier variant '{args.variant}'",
