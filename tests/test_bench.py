@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 from tritonlab.measuring import bench
+from tritonlab.serving import configs
 
 
 def _level(throughput: float, p95_s: float) -> dict:
@@ -66,24 +67,29 @@ def test_memory_missing_outside_this_machine_is_said():
     assert _verdicts(docker)["captioner: RSS per instance"] == ("n/a", None)
 
 
+def bench_figures() -> dict:
+    """A whole `bench.run` result, made up, without the overload step."""
+    return {"baseline_c8": {"throughput": 30.0, "p95_ms": 300.0},
+            "fastest_c8": {"throughput": 95.0, "p95_ms": 120.0},
+            "in_process": {"throughput": 100.0, "served_throughput": 95.0,
+                           "served_share": 0.95}, "reload_s": 6.0, "restart_s": 12.0,
+            "reload_torch_s": 6.5, "captioning": FIGURES,
+            "ensemble_overhead_ms": {"ensemble_ms": 140.0, "two_calls_ms": 125.0},
+            "memory_all_models_mib": 1400.0,
+            "memory_per_extra_instance_mib": {"onnxruntime": 200.0, "torch": 900.0},
+            "load_classifier_c32": {"concurrency": 32, "seconds": 61.0,
+                                    "requests_ok": 6000, "requests_failed": 0,
+                                    "perf_analyzer_error": None,
+                                    "rss_end_mib": 1500.0, "rss_after_warmup_mib": 1450.0,
+                                    "rss_growth": 1500 / 1450 - 1},
+            "load_ensemble_c8": {"concurrency": 8, "seconds": 62.0, "requests_ok": 1200,
+                                 "requests_failed": 3, "perf_analyzer_error": None,
+                                 "rss_end_mib": 1700.0, "rss_after_warmup_mib": 1500.0,
+                                 "rss_growth": 1700 / 1500 - 1}}
+
+
 def test_bench_verdicts_compare_against_the_targets():
-    figures = {"baseline_c8": {"throughput": 30.0, "p95_ms": 300.0},
-               "fastest_c8": {"throughput": 95.0, "p95_ms": 120.0},
-               "in_process": {"throughput": 100.0, "served_throughput": 95.0,
-                              "served_share": 0.95}, "reload_s": 6.0, "restart_s": 12.0,
-               "reload_torch_s": 6.5, "captioning": FIGURES,
-               "ensemble_overhead_ms": {"ensemble_ms": 140.0, "two_calls_ms": 125.0},
-               "memory_all_models_mib": 1400.0,
-               "memory_per_extra_instance_mib": {"onnxruntime": 200.0, "torch": 900.0},
-               "load_classifier_c32": {"concurrency": 32, "seconds": 61.0,
-                                       "requests_ok": 6000, "requests_failed": 0,
-                                       "perf_analyzer_error": None,
-                                       "rss_end_mib": 1500.0, "rss_after_warmup_mib": 1450.0,
-                                       "rss_growth": 1500 / 1450 - 1},
-               "load_ensemble_c8": {"concurrency": 8, "seconds": 62.0, "requests_ok": 1200,
-                                    "requests_failed": 3, "perf_analyzer_error": None,
-                                    "rss_end_mib": 1700.0, "rss_after_warmup_mib": 1500.0,
-                                    "rss_growth": 1700 / 1500 - 1}}
+    figures = bench_figures()
     met = {row["figure"]: row["met"] for row in bench.verdicts(figures)}
     assert met["load classifier c=32, 61 s: failed requests"] is True
     assert met["load classifier: RSS end vs after warm-up"] is True    # +3.4%
@@ -129,28 +135,14 @@ def test_limits_give_each_part_its_share_of_the_gemm_peak_and_the_bound():
 
 def test_the_overload_rows_report_both_configs():
     figures = {"overload": {"offered_rps": 270.0, "requests": 2000,
-                            "policy": bench.OVERLOAD_POLICY,
+                            "policy": configs.OVERLOAD_QUEUE_POLICY,
                             "without": {"answered p99 (ms)": 2400.0},
                             "with": {"answered p99 (ms)": 410.0, "refused share": 0.31,
                                      "slowest refusal (ms)": 290.0}}}
     rows = {row["figure"]: row["measured"] for row in bench.verdicts(
-        {**_figures_without_overload(), **figures})}
+        {**bench_figures(), **figures})}
     assert rows["overload 270 req/s: answered p99 without vs with queue policy"] == \
         "2400 vs 410 ms"
     assert rows["overload with queue policy: refused, slowest refusal"] == \
         "31%, 290 ms (timeout 200 ms)"
 
-
-def _figures_without_overload() -> dict:
-    load = {"concurrency": 8, "seconds": 60.0, "requests_ok": 10, "requests_failed": 0,
-            "perf_analyzer_error": None, "rss_end_mib": 1.0, "rss_after_warmup_mib": 1.0,
-            "rss_growth": 0.0}
-    return {"baseline_c8": {"throughput": 30.0, "p95_ms": 300.0},
-            "fastest_c8": {"throughput": 95.0, "p95_ms": 120.0},
-            "in_process": {"throughput": 100.0, "served_throughput": 95.0,
-                           "served_share": 0.95}, "reload_s": 6.0, "restart_s": 12.0,
-            "reload_torch_s": 6.5, "captioning": FIGURES,
-            "ensemble_overhead_ms": {"ensemble_ms": 140.0, "two_calls_ms": 125.0},
-            "memory_all_models_mib": 1400.0,
-            "memory_per_extra_instance_mib": {"onnxruntime": 200.0, "torch": 900.0},
-            "load_classifier_c32": dict(load, concurrency=32), "load_ensemble_c8": load}

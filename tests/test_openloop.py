@@ -99,3 +99,21 @@ def test_a_queue_policy_needs_the_dynamic_batcher():
     text = configs.to_text(cfg)
     assert "max_queue_size: 4" in text and "default_priority_level: 2" in text
     assert configs.parse(text) == cfg  # Triton's own schema reads it back as written
+
+
+def test_the_overload_words_come_from_the_requests():
+    """The growth of waiting is measured (first against last tenth sent), not asserted."""
+    sent = [i / 100 for i in range(100)]
+    growing = pd.DataFrame({"sent (s)": sent, "latency (ms)": [10.0 + 5 * i for i in range(100)],
+                            "status": "ok"})
+    bounded = pd.DataFrame({"sent (s)": sent, "latency (ms)": [50.0] * 60 + [2.0] * 40,
+                            "status": ["ok"] * 60 + ["refused"] * 40})
+    summary = pd.DataFrame([openloop.overload_summary(growing, "plain"),
+                            openloop.overload_summary(bounded, "policy")])
+    row = summary.set_index("config").loc["plain"]
+    assert (row["first tenth p50 (ms)"], row["last tenth p50 (ms)"]) == (32.5, 482.5)
+    assert row[openloop.SENT] == pytest.approx(100.0)
+    text = openloop.explain_overload(summary, "plain", "policy", timeout_ms=200)
+    assert "median latency was 32 ms for the first tenth sent and 482 ms for the last" in text
+    assert "60 answered (p99 50 ms), 40 refused (40%)" in text
+    assert "within the 200 ms queue timeout" in text

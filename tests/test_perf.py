@@ -302,3 +302,18 @@ def test_run_records_when_each_level_ran_and_its_batch_sizes(triton, results_dir
     assert {"level c=1", "level c=2", "probe c=1"} <= spans
     assert len(plots.batch_sizes(saved).axes) == 2
     plots.plt.close("all")
+
+
+def test_a_level_never_stable_is_measured_once_over_a_fixed_count(triton, results_dir, capsys):
+    """Windows that must agree within 0 % never do: instead of failing the notebook, the level
+    is measured once over a fixed count of requests, marked as such, judged at 100 %."""
+    opts = perf.PerfSettings(concurrency=[2], measurement_ms=500, stability_percent=0,
+                             max_trials=3, max_attempts=1, min_requests=10,
+                             adapt_windows=False)
+    run = perf.run(triton, "food_classifier", "never stable", opts, save=False,
+                   sample_metrics=False)
+    row = run.df.iloc[0]
+    assert row["measurement_mode"] == perf.UNSTABLE_MODE
+    assert row["stability_percent"] == 100 and row["request count"] >= 30
+    assert row[results.THROUGHPUT] > 0
+    assert "measuring 30 requests once, without stability windows" in capsys.readouterr().out

@@ -47,8 +47,8 @@ def _serve(args) -> int:
     from .serving import configs, deploy
     from .serving.embedded import EmbeddedTriton
 
-    try:
-        cfg = configs.classifier_variant(args.variant)
+    try:  # a wrong name is said before anything else is looked at
+        configs.classifier_variant(args.variant)
     except configs.ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -57,10 +57,8 @@ def _serve(args) -> int:
         print("No Food-11 weights yet: run `make weights` first.", file=sys.stderr)
         return 1
     server = EmbeddedTriton(attach=False)
-    deploy.prepare_variant(cfg, server.model_repository)
-    path = configs.write_config(cfg, server.model_repository,
-                                source=f"the classifier variant '{args.variant}'",
-                                regenerate="`make configs` puts the committed baseline back")
+    cfg, banner = deploy.prepare_variant(args.variant, server.model_repository)
+    path = configs.write_config(cfg, server.model_repository, **banner)
     print(f"food_classifier: variant '{args.variant}' ({path})"
           + ("" if args.variant == "baseline" else
              "; `make configs` puts the committed baseline back"))

@@ -313,7 +313,7 @@ def build(out_dir: Path | None = None, notebooks_dir: Path | None = None,
     a file that cannot be read), saying what to do.
     """
     from .lab import course_notebooks
-    from .measuring import results
+    from .measuring import openloop, results
     from .serving import devices
 
     notebooks_dir = Path(notebooks_dir or settings.NOTEBOOKS)
@@ -377,11 +377,8 @@ def build(out_dir: Path | None = None, notebooks_dir: Path | None = None,
         files["results/table.csv"] = table.to_csv(index=False).encode()
         for run in runs:
             files[f"results/runs/{Path(run['path']).name}"] = Path(run["path"])
-        started = results.course_run_start(table)
-        stamp = (started or "").replace("-", "").replace(":", "")[:15]
-        for path in sorted((results_dir / "open_loop").glob("*.json")):
-            if path.name[:15] >= stamp:  # notebook 07's runs of this course run
-                files[f"results/open_loop/{path.name}"] = path
+        for path in openloop.saved_since(results.course_run_start(table), results_dir):
+            files[f"results/open_loop/{path.name}"] = path  # notebook 07's, this course run
     elif not missing or not missing[-1].startswith("results:"):
         missing.append(f"results: no saved run in {_show(results_dir)} (notebooks 02 to 08 "
                        "save one per measurement)")

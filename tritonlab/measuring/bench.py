@@ -260,30 +260,22 @@ def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None,
     return figures
 
 
-#: The queue policy of notebook 07's overload section: at most 16 requests wait, none longer than
-#: 200 ms, two priority levels.
-OVERLOAD_POLICY = dict(max_queue_size=16, timeout_microseconds=200_000, priority_levels=2)
-
-
 def overload(server, capacity: float, requests: int = 2000, factor: float = 1.5) -> dict:
     """The fastest classifier offered `factor` x its closed-loop `capacity` (Poisson, the same
-    seeded arrivals for both), without and with OVERLOAD_POLICY: each config's
-    `openloop.overload_summary` (answered p99, share refused, slowest refusal)."""
+    seeded arrivals for both), without and with configs.OVERLOAD_QUEUE_POLICY (notebook 07's):
+    each config's `openloop.overload_summary` (answered p99, share refused, slowest refusal)."""
     from . import openloop
 
-    images = samples.sample_images()
-    plain = configs.classifier_config(**FASTEST)
     policy = configs.classifier_config(**FASTEST)
-    configs.set_queue_policy(policy, **OVERLOAD_POLICY)
-    out = {"offered_rps": factor * capacity, "requests": requests, "policy": OVERLOAD_POLICY}
-    for label, cfg in (("without", plain), ("with", policy)):
-        _quietly(deploy, server, cfg)
-        openloop.drive(server, "food_classifier", capacity / 2, 50, images)  # warm
-        runs = openloop.drive(server, "food_classifier", factor * capacity, requests, images,
-                              priority_share=0.1)
-        out[label] = {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer))
-                          else v) for k, v in openloop.overload_summary(runs, label).items()}
-    return out
+    configs.set_queue_policy(policy, **configs.OVERLOAD_QUEUE_POLICY)
+    with quiet():
+        runs = openloop.overload_runs(
+            server, "food_classifier",
+            {"without": configs.classifier_config(**FASTEST), "with": policy},
+            factor * capacity, requests, samples.sample_images(), priority_share=0.1)
+    return {"offered_rps": factor * capacity, "requests": requests,
+            "policy": configs.OVERLOAD_QUEUE_POLICY,
+            **{label: openloop.overload_summary(r, label) for label, r in runs.items()}}
 
 
 #: Concurrency levels of the captioning figures; the goal is read at the last one.

@@ -75,6 +75,12 @@ def read_export(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def sent_rate(per_request: pd.DataFrame) -> float:
+    """Requests per second actually sent: the requests over the span of their send times."""
+    sending = float(per_request["sent (s)"].max())
+    return (len(per_request) - 1) / sending if sending > 0 else math.nan
+
+
 def summarize(per_request: pd.DataFrame, offered: float) -> dict:
     """One offered rate's figures from its requests: what came back per second over the span
     from the first send to the last answer, and the latency percentiles of the answered."""
@@ -82,12 +88,11 @@ def summarize(per_request: pd.DataFrame, offered: float) -> dict:
     done = answered["sent (s)"] + answered["latency (ms)"] / 1000
     span = float(done.max()) if len(answered) else math.nan
     lat = answered["latency (ms)"]
-    sending = float(per_request["sent (s)"].max())
-    return {OFFERED: offered,
-            SENT: (len(per_request) - 1) / sending if sending > 0 else math.nan,
+    return {OFFERED: offered, SENT: sent_rate(per_request),
             ACHIEVED: len(answered) / span if span and span > 0 else math.nan,
             P50_MS: lat.quantile(0.50), P95_MS: lat.quantile(0.95), P99_MS: lat.quantile(0.99),
-            "requests": len(per_request), "answered": len(answered), "sending (s)": sending}
+            "requests": len(per_request), "answered": len(answered),
+            "sending (s)": float(per_request["sent (s)"].max())}
 
 
 def requests_for(rate: float, seconds: float, min_requests: int) -> int:
@@ -208,9 +213,8 @@ def explain(df: pd.DataFrame) -> str:
         compute_x = heavy[COMPUTE_MS] / light[COMPUTE_MS] if light[COMPUTE_MS] > 0 else math.inf
         lines.append(f"From the lightest to the heaviest load the queue time grew {queue_x:.0f}x"
                      f" ({light[QUEUE_MS]:.1f} -> {heavy[QUEUE_MS]:.1f} ms) and the compute "
-                     f"time {compute_x:.0f}x ({light[COMPUTE_MS]:.1f} -> "
-                     f"{heavy[COMPUTE_MS]:.1f} ms: with a queue, batches are fuller and each "
-                     "takes longer, and the load generator shares the cores).")
+                     f"time per request changed {compute_x:.1f}x ({light[COMPUTE_MS]:.1f} -> "
+                     f"{heavy[COMPUTE_MS]:.1f} ms).")
     if (ordered["requests"] < 100).any():
         lines.append("Some rates rest on fewer than 100 requests: their p99 is the slowest "
                      "one or two requests; read it as rough.")
@@ -218,8 +222,6 @@ def explain(df: pd.DataFrame) -> str:
 
 
 # --- the open loop through tritonclient, counting refusals -----------------------------------
-
-REFUSED = clients.REFUSED_UNDER_LOAD
 
 
 def arrival_times(rate: float, requests: int, seed: int = 0) -> np.ndarray:
@@ -252,7 +254,7 @@ def drive(server, model: str, rate: float, requests: int, images: list[Path],
             latency = (time.perf_counter() - began) * 1000
             if error is None:
                 status = "ok"
-            elif REFUSED.search(error.message() or ""):
+            elif clients.REFUSED_UNDER_LOAD.search(error.message() or ""):
                 status = "refused"
             else:
                 status = f"error: {error.message()}"
@@ -284,21 +286,39 @@ def drive(server, model: str, rate: float, requests: int, images: list[Path],
     return pd.DataFrame(rows)
 
 
+def overload_runs(server, model: str, configs_by_label: dict, rate: float, requests: int,
+                  images: list[Path], priority_share: float = 0.0, warm: int = 50) -> dict:
+    """Each config of `configs_by_label` deployed in turn, warmed with `warm` requests at a
+    third of `rate` (so no config is measured while its new model processes start up), then
+    `drive`n with the same seeded arrivals; returns {label: per-request DataFrame}."""
+    from ..serving import deploy
+
+    runs = {}
+    for label, cfg in configs_by_label.items():
+        deploy.deploy(server, cfg)
+        drive(server, model, rate / 3, warm, images)
+        runs[label] = drive(server, model, rate, requests, images, priority_share=priority_share)
+    return runs
+
+
 def overload_summary(per_request: pd.DataFrame, label: str) -> dict:
     """One driven run in a row: how many were answered, refused or failed, the answered ones'
-    p50/p99 and the slowest refusal (how long a refused client waited to learn it)."""
+    p50/p99, the slowest refusal (how long a refused client waited to learn it), and the median
+    latency of the first and the last tenth of the answered requests, in the order sent."""
     ok = per_request[per_request["status"] == "ok"]["latency (ms)"]
     refused = per_request[per_request["status"] == "refused"]["latency (ms)"]
     failed = per_request["status"].str.startswith("error").sum()
     n = len(per_request)
-    sending = float(per_request["sent (s)"].max())
-    return {"config": label, "requests": n,
-            SENT: (n - 1) / sending if sending > 0 else math.nan,
+    answered = per_request[per_request["status"] == "ok"].sort_values("sent (s)")["latency (ms)"]
+    tenth = max(1, len(answered) // 10)
+    return {"config": label, "requests": n, SENT: sent_rate(per_request),
             "answered": len(ok), "refused": len(refused),
             "failed": int(failed), "refused share": len(refused) / n if n else math.nan,
             "answered p50 (ms)": ok.quantile(0.5) if len(ok) else math.nan,
             "answered p99 (ms)": ok.quantile(0.99) if len(ok) else math.nan,
-            "slowest refusal (ms)": refused.max() if len(refused) else math.nan}
+            "slowest refusal (ms)": refused.max() if len(refused) else math.nan,
+            "first tenth p50 (ms)": answered.head(tenth).median() if len(ok) else math.nan,
+            "last tenth p50 (ms)": answered.tail(tenth).median() if len(ok) else math.nan}
 
 
 def explain_overload(summary: pd.DataFrame, without: str, with_policy: str,
@@ -309,8 +329,9 @@ def explain_overload(summary: pd.DataFrame, without: str, with_policy: str,
     b = summary.set_index("config").loc[with_policy]
     lines = [f"Both faced {a['requests']:.0f} requests sent at about {a[SENT]:.0f} req/s."]
     lines += [f"{without}: {a['answered']:.0f} of {a['requests']:.0f} answered, p99 "
-             f"{a['answered p99 (ms)']:.0f} ms; every request waited its turn, and that wait "
-             "grows for as long as the overload lasts."]
+             f"{a['answered p99 (ms)']:.0f} ms; its answered requests' median latency was "
+             f"{a['first tenth p50 (ms)']:.0f} ms for the first tenth sent and "
+             f"{a['last tenth p50 (ms)']:.0f} ms for the last tenth."]
     lines.append(f"{with_policy}: {b['answered']:.0f} answered (p99 "
                  f"{b['answered p99 (ms)']:.0f} ms), {b['refused']:.0f} refused "
                  f"({b['refused share']:.0%})"
@@ -348,9 +369,27 @@ def by_priority(per_request: pd.DataFrame) -> pd.DataFrame:
     ).rename(columns={"p50": "p50 (ms)", "p99": "p99 (ms)"}).round(1)
 
 
+_STAMP = "%Y%m%dT%H%M%SZ"  # how _save names a run's file (its UTC time)
+
+
+def saved_since(start: str | None, folder: Path | None = None) -> list[Path]:
+    """The runs `_save` kept under <results>/open_loop/ from `start` on (an ISO date such as
+    `results.course_run_start` gives; all of them when None), oldest first."""
+    since = (datetime.fromisoformat(start).astimezone(timezone.utc) if start else None)
+    found = []
+    for path in sorted(((folder or settings.results_dir()) / "open_loop").glob("*.json")):
+        try:
+            when = datetime.strptime(path.name[:16], _STAMP).replace(tzinfo=timezone.utc)
+        except ValueError:  # not a file _save named
+            continue
+        if since is None or when >= since.replace(microsecond=0):
+            found.append(path)
+    return found
+
+
 def _save(kind: str, variant: str, df: pd.DataFrame, meta: dict) -> Path:
     """Keep a run under <results>/open_loop/ (beside, not among, the closed-loop runs)."""
-    date = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    date = datetime.now(timezone.utc).strftime(_STAMP)
     slug = re.sub(r"[^a-zA-Z0-9]+", "-", variant).strip("-").lower()
     path = settings.results_dir() / "open_loop" / f"{date}_{kind}_{slug}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

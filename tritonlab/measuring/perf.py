@@ -73,6 +73,10 @@ class PerfSettings:
 
 #: perf_analyzer's measurement mode for every run: windows of a fixed length (`Window.ms`).
 MEASUREMENT_MODE = "time_windows"
+#: A level whose windows never agreed, not even within 100 %, measured once over a fixed count of
+#: requests (`--request-count`): its row keeps the 100 % it failed, so reports judge it only on
+#: a change larger than that.
+UNSTABLE_MODE = "request_count (not stable)"
 
 
 @dataclass(frozen=True)
@@ -332,7 +336,9 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
     Each level is measured with windows fitted to the model's speed (see `PerfSettings`) and
     measured again, up to `max_attempts` times, when perf_analyzer's outcome means the windows
     were too short (no valid request, too few requests, not stable): looser tolerance, then
-    longer windows, each step printed. Every row records how it was measured (columns
+    longer windows, each step printed; a level that is not stable even then is measured once
+    over a fixed count of requests (measurement_mode UNSTABLE_MODE, stability_percent 100).
+    Every row records how it was measured (columns
     measurement_mode, measurement_ms, stability_percent, and request count: the requests the
     figures rest on). For an ensemble, `steps` holds one row per composing model and level
     (perf_analyzer's per-model CSVs), and the ensemble's server queue time is the sum of its
@@ -392,6 +398,7 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
                     log.info(f"concurrency {level}: about {rate:.2f} infer/s, so {window.ms} ms "
                              f"windows (about {count} requests each), within "
                              f"{window.stability_percent}%.")
+            mode = MEASUREMENT_MODE
             for attempt in range(1, opts.max_attempts + 1):
                 cmd = command(url, model, level, csv_path, opts, server.metrics_url, window)
                 limit = max(180.0, window.ms / 1000 * (opts.max_trials + 4) * 3)
@@ -413,6 +420,23 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
                         log.info(f"concurrency {level}: the measurement rests on only "
                                  f"{measured} requests: read it as a rough figure.")
                         break
+                    if not gone and UNSTABLE in output:
+                        # Even the loosest windows disagreed (an oversubscribed config can do
+                        # that on purpose): measure once, without stability windows.
+                        count = 3 * window_requests(opts, group, level)
+                        log.info(f"concurrency {level}: not stable even within "
+                                 f"{window.stability_percent}%; measuring {count} requests once, "
+                                 "without stability windows: read it as a rough figure.")
+                        cmd = command(url, model, level, csv_path, opts, server.metrics_url,
+                                      request_count=count)
+                        began = time.monotonic()
+                        proc = _run_perf(cmd, env, workdir, limit, server, model, level)
+                        timed(level, "measurement", attempt + 1, began)
+                        output = proc.stdout + proc.stderr
+                        ok = proc.returncode == 0 and (workdir / csv_path).exists()
+                        if ok:
+                            measured, mode = request_count(output), UNSTABLE_MODE
+                            break
                     raise PerfError(
                         f"perf_analyzer failed at concurrency {level} for '{model}'"
                         + (f" after {attempt} attempts" if attempt > 1 else "") + ": "
@@ -423,9 +447,10 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
             commands.append(cmd)
             raw[level] = output
             row = parse_csv(workdir / csv_path).iloc[0].to_dict()
-            row["measurement_mode"] = MEASUREMENT_MODE
+            row["measurement_mode"] = mode
             row["measurement_ms"] = window.ms
-            row["stability_percent"] = window.stability_percent
+            row["stability_percent"] = (window.stability_percent if mode == MEASUREMENT_MODE
+                                        else max(100, window.stability_percent))
             row["request count"] = measured
             rows.append(row)
             rate = row[THROUGHPUT] or rate

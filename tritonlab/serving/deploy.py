@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tritonclient.grpc import model_config_pb2 as mc
 
 from ..common import log
@@ -76,22 +78,25 @@ def restore_baseline(server, name: str = "food_classifier") -> float:
                   notes=configs.COURSE_NOTES[name])
 
 
-def prepare_variant(cfg: mc.ModelConfig, repository) -> None:
-    """What a config needs in its model folder before Triton loads it: the ONNX export for the
-    ONNX Runtime variants (written again from the weights each time: half a second)."""
+def prepare_variant(name: str, repository) -> tuple[mc.ModelConfig, dict]:
+    """food_classifier's config for the named variant (configs.CLASSIFIER_VARIANTS), with what it
+    needs in its model folder made first (the ONNX export for an ONNX Runtime variant, written
+    again from the weights: half a second), and the banner its config.pbtxt gets (`source`,
+    `regenerate`). Raises ConfigError for an unknown name."""
     from ..assets import onnx_export
 
+    cfg = configs.classifier_variant(name)
     runtime = cfg.parameters["runtime"].string_value if "runtime" in cfg.parameters else ""
     if runtime == "onnxruntime":
-        onnx_export.export_onnx(repository / cfg.name / "1")
+        onnx_export.export_onnx(Path(repository) / cfg.name / "1")
+    return cfg, {"source": f"the classifier variant '{name}'",
+                 "regenerate": "`make configs` puts the committed baseline back"}
 
 
 def serve_variant(server, name: str, how: str = "reload") -> float:
-    """Serve food_classifier as the named variant (configs.CLASSIFIER_VARIANTS), with what it
-    needs prepared first; returns seconds to ready. The ensemble and the API use whatever
-    food_classifier serves. Raises ConfigError for an unknown name."""
-    cfg = configs.classifier_variant(name)
-    prepare_variant(cfg, server.model_repository)
+    """Serve food_classifier as the named variant (`prepare_variant`); returns seconds to
+    ready. The ensemble and the API use whatever food_classifier serves. Raises ConfigError
+    for an unknown name."""
+    cfg, banner = prepare_variant(name, server.model_repository)
     log.info(f"serving food_classifier as variant '{name}'")
-    return deploy(server, cfg, how=how, source=f"the classifier variant '{name}'",
-                  regenerate="`make configs` puts the committed baseline back")
+    return deploy(server, cfg, how=how, **banner)
