@@ -317,3 +317,23 @@ def test_a_level_never_stable_is_measured_once_over_a_fixed_count(triton, result
     assert row["stability_percent"] == 100 and row["request count"] >= 30
     assert row[results.THROUGHPUT] > 0
     assert "measuring 30 requests once, without stability windows" in capsys.readouterr().out
+
+
+def test_quick_once_measures_each_level_once_over_a_count_without_a_probe(
+        triton, results_dir, capsys, monkeypatch):
+    """`quick_once` (quick mode only): no probe, no windows; one perf_analyzer run per level
+    over `window_requests` requests, marked COUNT_MODE and judged at 100 %."""
+    monkeypatch.setenv("TRITONLAB_QUICK", "0")
+    assert perf.PerfSettings.for_course([1], quick_once=True).stability_windows
+    monkeypatch.setenv("TRITONLAB_QUICK", "1")
+    opts = perf.PerfSettings.for_course([1, 4], quick_concurrency=[4], quick_once=True)
+    assert not opts.stability_windows
+    run = perf.run(triton, "food_classifier", "once", opts, save=False, sample_metrics=False)
+    row = run.df.iloc[0]
+    assert row["measurement_mode"] == perf.COUNT_MODE and row["stability_percent"] == 100
+    assert row["request count"] == perf.window_requests(opts, 1, 4) == 10
+    assert [p["phase"] for p in run.phases.to_dict("records")] == ["measurement"]
+    assert "--request-count 10 " in run.meta["commands"][0]
+    assert "--measurement-interval" not in run.meta["commands"][0]
+    assert "measuring 10 requests once, without stability windows (quick mode)" in \
+        capsys.readouterr().out

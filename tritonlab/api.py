@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from .common import poll_until
-from .serving.clients import REFUSED_UNDER_LOAD
+from .serving.clients import REFUSED_UNDER_LOAD, EmptyAnswer, outputs
 from .settings import TritonAddress
 
 MODEL = "food_captioning"
@@ -101,10 +101,14 @@ def infer(url: str, data: bytes, model: str = MODEL) -> Prediction:
         raise TritonUnavailable(str(exc) or type(exc).__name__) from None
     finally:
         client.close()
-    label = result.as_numpy("FOOD_LABEL").reshape(-1)[0]
-    caption = result.as_numpy("CAPTION").reshape(-1)[0]
+    try:
+        found = outputs(result, ["FOOD_LABEL", "PROBABILITY", "CAPTION"])
+    except EmptyAnswer as exc:
+        raise HTTPException(422, f"Triton could not process the image: {exc}") from None
+    label = found["FOOD_LABEL"].reshape(-1)[0]
+    caption = found["CAPTION"].reshape(-1)[0]
     return Prediction(label=label.decode() if isinstance(label, bytes) else str(label),
-                      probability=float(result.as_numpy("PROBABILITY").reshape(-1)[0]),
+                      probability=float(found["PROBABILITY"].reshape(-1)[0]),
                       caption=caption.decode() if isinstance(caption, bytes) else str(caption),
                       model=model)
 

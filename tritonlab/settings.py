@@ -70,6 +70,18 @@ def free_ports(count: int = 3) -> list[int]:
             sock.close()
 
 
+#: Bytes of memory Triton keeps for its response cache (the `local` cache implementation), on
+#: every server the course starts: the embedded one and the GPU node's container (compose.yaml
+#: passes the same `--cache-config`). Only models whose config sets `response_cache
+#: { enable: true }` use it (notebook 08); the memory is held from start, used or not.
+RESPONSE_CACHE_BYTES = 64 * 2**20
+
+
+def cache_config_flag() -> str:
+    """The tritonserver flag that turns the response cache on, as both servers receive it."""
+    return f"--cache-config=local,size={RESPONSE_CACHE_BYTES}"
+
+
 DEFAULT_TRITON_URL = "http://127.0.0.1:8000"
 
 

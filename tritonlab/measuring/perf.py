@@ -57,16 +57,24 @@ class PerfSettings:
     adapt_windows: bool = True        # probe first and fit the windows to the model's speed
     max_attempts: int = 4             # measurements of one level before giving up
     max_window_ms: int = 300_000      # no window is made longer than this
+    # False: each level is measured once over `window_requests` requests (perf_analyzer's
+    # --request-count), with no probe and no stability windows (measurement_mode COUNT_MODE):
+    # for models that take seconds per request, in quick mode only (see `for_course`)
+    stability_windows: bool = True
 
     @classmethod
     def for_course(cls, concurrency: list[int], quick_concurrency: list[int] | None = None,
-                   **kw) -> PerfSettings:
+                   quick_once: bool = False, **kw) -> PerfSettings:
         """Full windows normally; quick mode (tests, `make lab`): windows of 1.5 s or of about
-        10 requests, whichever is longer, and fewer levels."""
+        10 requests, whichever is longer, and fewer levels; with `quick_once`, each level
+        measured once over about as many requests as one such window holds, without stability
+        windows (for a model that takes seconds per request, whose three agreeing windows
+        would take minutes per level)."""
         if settings.quick_mode():
             kw.setdefault("measurement_ms", 1500)
             kw.setdefault("max_trials", 6)
             kw.setdefault("min_requests", 10)
+            kw.setdefault("stability_windows", not quick_once)
             concurrency = quick_concurrency or concurrency
         return cls(concurrency=list(concurrency), **kw)
 
@@ -77,6 +85,10 @@ MEASUREMENT_MODE = "time_windows"
 #: requests (`--request-count`): its row keeps the 100 % it failed, so reports judge it only on
 #: a change larger than that.
 UNSTABLE_MODE = "request_count (not stable)"
+#: A level measured once over a fixed count of requests by choice (PerfSettings with
+#: stability_windows=False): no check that the figures would repeat, so its row says
+#: stability_percent 100 and reports judge it only on a change larger than that.
+COUNT_MODE = "request_count"
 
 
 @dataclass(frozen=True)
@@ -338,6 +350,8 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
     were too short (no valid request, too few requests, not stable): looser tolerance, then
     longer windows, each step printed; a level that is not stable even then is measured once
     over a fixed count of requests (measurement_mode UNSTABLE_MODE, stability_percent 100).
+    With `opts.stability_windows` off, every level is measured that way from the start, over
+    `window_requests` requests and without a probe (measurement_mode COUNT_MODE).
     Every row records how it was measured (columns
     measurement_mode, measurement_ms, stability_percent, and request count: the requests the
     figures rest on). For an ensemble, `steps` holds one row per composing model and level
@@ -382,7 +396,25 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
             csv_path = Path(f"c{level}.csv")
             group = answer_group(server, model, level) if opts.adapt_windows else 1
             window = plan_window(opts, rate, group, level)
-            if opts.adapt_windows and (rate is None or window.ms > opts.measurement_ms):
+            if not opts.stability_windows:
+                count = window_requests(opts, group, level)
+                log.info(f"concurrency {level}: measuring {count} requests once, without "
+                         "stability windows (quick mode): read it as a rough figure.")
+                cmd = command(url, model, level, csv_path, opts, server.metrics_url,
+                              request_count=count)
+                began = time.monotonic()
+                # a generous limit: each of `count` requests may take minutes on a busy machine
+                proc = _run_perf(cmd, env, workdir, max(600.0, count * 60.0), server, model,
+                                 level)
+                timed(level, "measurement", 1, began)
+                output = proc.stdout + proc.stderr
+                if proc.returncode != 0 or not (workdir / csv_path).exists():
+                    raise PerfError(
+                        f"perf_analyzer failed at concurrency {level} for '{model}': "
+                        + (_server_state(server) or explain_failure(output, model, opts, window))
+                        + f"\ncommand: {' '.join(cmd)}\nlast lines:\n{_tail(output)}")
+                measured, mode = request_count(output), COUNT_MODE
+            elif opts.adapt_windows and (rate is None or window.ms > opts.measurement_ms):
                 # First level, or a slow model: ask the model itself how fast it answers here.
                 began = time.monotonic()
                 rate = probe(server, model, level, opts, env, workdir) or rate
@@ -398,52 +430,54 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
                     log.info(f"concurrency {level}: about {rate:.2f} infer/s, so {window.ms} ms "
                              f"windows (about {count} requests each), within "
                              f"{window.stability_percent}%.")
-            mode = MEASUREMENT_MODE
-            for attempt in range(1, opts.max_attempts + 1):
-                cmd = command(url, model, level, csv_path, opts, server.metrics_url, window)
-                limit = max(180.0, window.ms / 1000 * (opts.max_trials + 4) * 3)
-                began = time.monotonic()
-                proc = _run_perf(cmd, env, workdir, limit, server, model, level)
-                timed(level, "measurement", attempt, began)
-                output = proc.stdout + proc.stderr
-                ok = proc.returncode == 0 and (workdir / csv_path).exists()
-                measured = request_count(output) if ok else None
-                few = (ok and opts.adapt_windows and measured is not None
-                       and measured < opts.min_requests)
-                if ok and not few:
-                    break
-                gone = _server_state(server)
-                step = None if gone or attempt == opts.max_attempts else remedy(
-                    window, output, measured if few else None, opts, attempt)
-                if step is None:
-                    if ok:  # few requests, and nothing longer to try: keep it, and say so
-                        log.info(f"concurrency {level}: the measurement rests on only "
-                                 f"{measured} requests: read it as a rough figure.")
+            if opts.stability_windows:
+                mode = MEASUREMENT_MODE
+                for attempt in range(1, opts.max_attempts + 1):
+                    cmd = command(url, model, level, csv_path, opts, server.metrics_url, window)
+                    limit = max(180.0, window.ms / 1000 * (opts.max_trials + 4) * 3)
+                    began = time.monotonic()
+                    proc = _run_perf(cmd, env, workdir, limit, server, model, level)
+                    timed(level, "measurement", attempt, began)
+                    output = proc.stdout + proc.stderr
+                    ok = proc.returncode == 0 and (workdir / csv_path).exists()
+                    measured = request_count(output) if ok else None
+                    few = (ok and opts.adapt_windows and measured is not None
+                           and measured < opts.min_requests)
+                    if ok and not few:
                         break
-                    if not gone and UNSTABLE in output:
-                        # Even the loosest windows disagreed (an oversubscribed config can do
-                        # that on purpose): measure once, without stability windows.
-                        count = 3 * window_requests(opts, group, level)
-                        log.info(f"concurrency {level}: not stable even within "
-                                 f"{window.stability_percent}%; measuring {count} requests once, "
-                                 "without stability windows: read it as a rough figure.")
-                        cmd = command(url, model, level, csv_path, opts, server.metrics_url,
-                                      request_count=count)
-                        began = time.monotonic()
-                        proc = _run_perf(cmd, env, workdir, limit, server, model, level)
-                        timed(level, "measurement", attempt + 1, began)
-                        output = proc.stdout + proc.stderr
-                        ok = proc.returncode == 0 and (workdir / csv_path).exists()
-                        if ok:
-                            measured, mode = request_count(output), UNSTABLE_MODE
+                    gone = _server_state(server)
+                    step = None if gone or attempt == opts.max_attempts else remedy(
+                        window, output, measured if few else None, opts, attempt)
+                    if step is None:
+                        if ok:  # few requests, and nothing longer to try: keep it, and say so
+                            log.info(f"concurrency {level}: the measurement rests on only "
+                                     f"{measured} requests: read it as a rough figure.")
                             break
-                    raise PerfError(
-                        f"perf_analyzer failed at concurrency {level} for '{model}'"
-                        + (f" after {attempt} attempts" if attempt > 1 else "") + ": "
-                        + (gone or explain_failure(output, model, opts, window)) + "\n"
-                        f"command: {' '.join(cmd)}\nlast lines:\n{_tail(output)}")
-                window, why = step
-                log.info(f"concurrency {level}: {why}.")
+                        if not gone and UNSTABLE in output:
+                            # Even the loosest windows disagreed (an oversubscribed config can do
+                            # that on purpose): measure once, without stability windows.
+                            count = 3 * window_requests(opts, group, level)
+                            log.info(f"concurrency {level}: not stable even within "
+                                     f"{window.stability_percent}%; measuring {count} requests "
+                                     "once, without stability windows: read it as a rough "
+                                     "figure.")
+                            cmd = command(url, model, level, csv_path, opts, server.metrics_url,
+                                          request_count=count)
+                            began = time.monotonic()
+                            proc = _run_perf(cmd, env, workdir, limit, server, model, level)
+                            timed(level, "measurement", attempt + 1, began)
+                            output = proc.stdout + proc.stderr
+                            ok = proc.returncode == 0 and (workdir / csv_path).exists()
+                            if ok:
+                                measured, mode = request_count(output), UNSTABLE_MODE
+                                break
+                        raise PerfError(
+                            f"perf_analyzer failed at concurrency {level} for '{model}'"
+                            + (f" after {attempt} attempts" if attempt > 1 else "") + ": "
+                            + (gone or explain_failure(output, model, opts, window)) + "\n"
+                            f"command: {' '.join(cmd)}\nlast lines:\n{_tail(output)}")
+                    window, why = step
+                    log.info(f"concurrency {level}: {why}.")
             commands.append(cmd)
             raw[level] = output
             row = parse_csv(workdir / csv_path).iloc[0].to_dict()

@@ -551,3 +551,27 @@ def overload(runs: Mapping[str, pd.DataFrame], timeout_ms: float | None = None,
     handles, labels = ax.get_legend_handles_labels()
     _legend_outside(ax, "outcome", handles, labels)
     return _finish(fig, name)
+
+
+def cache_latency(table: pd.DataFrame, name: str | None = None,
+                  title: str = "One request's latency: a cache miss against a hit"):
+    """Each request of `cache.hit_and_miss`'s table as a point, by what was sent and what Triton
+    counted (hit, miss, not cached), with the median of each as a bar; a log axis when they
+    spread over more than `LOG_RATIO` times."""
+    sns = _seaborn()
+    data = table.assign(request=table["sent"] + "\n(" + table["cache"] + ")")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    order = list(dict.fromkeys(data["request"]))
+    sns.barplot(data=data, x="request", y="latency (ms)", order=order, estimator="median",
+                errorbar=None, color="#c6dbef", ax=ax)
+    sns.stripplot(data=data, x="request", y="latency (ms)", order=order, color="#08519c",
+                  size=5, jitter=0.15, ax=ax)
+    medians = data.groupby("request")["latency (ms)"].median()
+    for i, key in enumerate(order):
+        ax.annotate(f"median {_ms(medians[key])} ms", (i, medians[key]), ha="center",
+                    va="bottom", fontsize=9, xytext=(0, 3), textcoords="offset points")
+    ax.set_xlabel("")
+    ax.set_ylabel("latency at the client (ms)")
+    _scale(ax, data["latency (ms)"])
+    ax.set_title(title)
+    return _finish(fig, name)

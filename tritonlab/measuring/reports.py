@@ -44,6 +44,12 @@ def _tolerance(*rows) -> float:
     return (max(percents) if percents else DEFAULT_TOLERANCE_PERCENT) / 100
 
 
+def _ms(value: float) -> str:
+    """A latency in ms as the verdicts write it: whole ms from 10 ms, else two significant
+    figures (a cache hit's 0.3 ms is not 0)."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What changed at one concurrency level between two measured rows, and why.
@@ -72,7 +78,7 @@ class Verdict:
         (t0, t1), (p0, p1) = self.throughput, self.p95_ms
         (q0, q1), (c0, c1) = self.queue_ms, self.compute_ms
         figures = (f"concurrency {self.level}: {t0:.1f} -> {t1:.1f} infer/s ({self.ratio:.2f}x); "
-                   f"p95 {p0:.0f} -> {p1:.0f} ms; queued {q0:.1f} -> {q1:.1f} ms, model compute "
+                   f"p95 {_ms(p0)} -> {_ms(p1)} ms; queued {q0:.1f} -> {q1:.1f} ms, model compute "
                    f"{c0:.1f} -> {c1:.1f} ms per request")
         if self.outcome == TOO_FEW:
             counts = " and ".join("?" if n is None else str(n) for n in self.requests)

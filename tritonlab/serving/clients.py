@@ -17,6 +17,29 @@ import tritonclient.http as httpclient
 REFUSED_UNDER_LOAD = re.compile(r"Exceeds maximum queue size|Request timeout expired")
 
 
+class EmptyAnswer(RuntimeError):
+    """Triton answered a request as a success but without the outputs asked for.
+
+    Seen on server 2.51 with the response cache on: a request the Python backend failed (a
+    corrupt image, answered with an error the first time) is stored as an empty answer, and the
+    same bytes sent again get it, with HTTP 200, instead of the error (notebook 08, section 6;
+    Triton's guide says failed requests are not cached)."""
+
+
+def outputs(result, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The named outputs of an infer result as arrays. Raises EmptyAnswer, saying why that can
+    happen, when one is missing."""
+    found = {name: result.as_numpy(name) for name in names}
+    missing = [name for name, value in found.items() if value is None]
+    if missing:
+        raise EmptyAnswer(
+            f"Triton answered without {', '.join(missing)}. With the response cache on, server "
+            "2.51 keeps a failed request as an empty answer: these exact bytes failed before "
+            "(see the first answer they got). Send a valid image, or turn the model's "
+            "response_cache off.")
+    return found
+
+
 @dataclass
 class Prediction:
     """One image's answer from food_classifier."""
@@ -55,14 +78,14 @@ def classify(url: str, images: Sequence[bytes | str | Path], protocol: str = "ht
     batch = image_batch(images, encoding)
     inp = lib.InferInput("INPUT_IMAGE", list(batch.shape), "BYTES")
     inp.set_data_from_numpy(batch)
-    outputs = [lib.InferRequestedOutput("FOOD_LABEL"), lib.InferRequestedOutput("PROBABILITY")]
+    wanted = [lib.InferRequestedOutput("FOOD_LABEL"), lib.InferRequestedOutput("PROBABILITY")]
     client = make_client(url, protocol)
     try:
-        result = client.infer(model, [inp], outputs=outputs)
+        result = client.infer(model, [inp], outputs=wanted)
     finally:
         client.close()
-    labels = result.as_numpy("FOOD_LABEL").reshape(-1)
-    probs = result.as_numpy("PROBABILITY").reshape(-1)
+    found = outputs(result, ["FOOD_LABEL", "PROBABILITY"])
+    labels, probs = found["FOOD_LABEL"].reshape(-1), found["PROBABILITY"].reshape(-1)
     return [Prediction(lb.decode() if isinstance(lb, bytes) else str(lb), float(p))
             for lb, p in zip(labels, probs)]
 
@@ -104,6 +127,7 @@ def caption(url: str, images: Sequence[bytes | str | Path], protocol: str = "htt
     finally:
         client.close()
     text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
+    found = outputs(result, ["FOOD_LABEL", "PROBABILITY", "CAPTION"])
     return [Captioned(text(lb), float(p), text(c)) for lb, p, c in zip(
-        result.as_numpy("FOOD_LABEL").reshape(-1), result.as_numpy("PROBABILITY").reshape(-1),
-        result.as_numpy("CAPTION").reshape(-1))]
+        found["FOOD_LABEL"].reshape(-1), found["PROBABILITY"].reshape(-1),
+        found["CAPTION"].reshape(-1))]

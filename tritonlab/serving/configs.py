@@ -244,6 +244,19 @@ def set_queue_policy(cfg: mc.ModelConfig, max_queue_size: int, timeout_microseco
         cfg.dynamic_batching.default_priority_level = priority_levels
 
 
+def set_response_cache(cfg: mc.ModelConfig, enable: bool = True) -> None:
+    """Let (or stop letting) this model answer from Triton's response cache: `response_cache
+    { enable: true }`. A request whose model, version and input tensors (names, shapes, types,
+    bytes) hash like an earlier successful one gets that one's outputs without running the
+    model (Triton's "Response Cache" guide). The server must have a cache too: the course starts
+    every Triton with one (settings.RESPONSE_CACHE_BYTES). `validate` refuses it where Triton
+    cannot cache: decoupled models and the sequence batcher."""
+    if enable:
+        cfg.response_cache.enable = True
+    else:
+        cfg.ClearField("response_cache")
+
+
 #: The queue policy notebook 07 and `make bench` overload the fastest variant with: at most 16
 #: requests wait, none longer than 200 ms, two priority levels (set_queue_policy's arguments).
 OVERLOAD_QUEUE_POLICY = dict(max_queue_size=16, timeout_microseconds=200_000, priority_levels=2)
@@ -338,6 +351,14 @@ def validate(cfg: mc.ModelConfig, folder: Path | None = None, gpu_count: int | N
                 problems.append("a KIND_GPU instance group, but this machine has no GPU")
             elif missing:
                 problems.append(f"GPUs {missing} requested, but only {gpu_count} present")
+    if cfg.response_cache.enable:
+        # Triton's "Response Cache" guide, Known Limitations (server 2.51)
+        if cfg.model_transaction_policy.decoupled:
+            problems.append("response_cache is on, but the response cache does not support "
+                            "decoupled models")
+        if cfg.HasField("sequence_batching"):
+            problems.append("response_cache is on, but the sequence batcher does not support "
+                            "the response cache (only the default and dynamic batchers do)")
     if problems:
         raise ConfigError(f"config '{cfg.name}' is not valid:\n- " + "\n- ".join(problems))
 
@@ -441,7 +462,7 @@ def diff(old: mc.ModelConfig | None, new: mc.ModelConfig) -> str:
 
 #: The share of the machine's cores each step of the ensemble gets in the served repository,
 #: weighted by the work each does: a caption costs BLIP-base far more than a label costs
-#: MobileNetV2 (notebook 08 prints both steps' compute times), so the captioner gets every core
+#: MobileNetV2 (notebook 09 prints both steps' compute times), so the captioner gets every core
 #: and the classifier half of them (one thread on 2 cores). `make bench` measures this against
 #: halves each at concurrency 8 (on 2 cores, 2026-11-29: 1.19 against 0.64 infer/s).
 ENSEMBLE_CPU_SHARE = {"food_classifier": 0.5, "conditional_captioning": 1.0}
@@ -451,11 +472,11 @@ ENSEMBLE_CPU_SHARE = {"food_classifier": 0.5, "conditional_captioning": 1.0}
 #: reads the text decoder's weights once for 8 images. A short delay lets a batch start before
 #: the requests of the previous one are back from the classifier, so batches come out smaller
 #: than 8 when the delay is short. With fewer requests in flight than 8, each batch waits the
-#: whole 500 ms (notebook 08 prints the cost at concurrency 1).
+#: whole 500 ms (notebook 09 prints the cost at concurrency 1).
 CAPTIONING_BATCHING = {"preferred_batch_size": [8], "max_queue_delay_microseconds": 500000}
 
 #: How the captioning step can run, from the first model a user writes to the course's fastest
-#: (notebook 08 and `make bench` measure them; `captioning_config` takes each dict):
+#: (notebook 09 and `make bench` measure them; `captioning_config` takes each dict):
 CAPTIONING_VARIANTS = {
     # one model.generate() per image, transformers' eager attention, no dynamic batching
     "naive": dict(strategy="generate_per_image", attention="eager"),
@@ -484,9 +505,9 @@ COURSE_NOTES = {
     "conditional_captioning": (
         "Threads: cpu_share 1, every core: a caption costs far more than a label, so the\n"
         "classifier beside it in the food_captioning ensemble gets half the cores (see\n"
-        "that model's config; notebook 08 prints both steps' compute times).\n"
+        "that model's config; notebook 09 prints both steps' compute times).\n"
         "Variant: 'fastest' of tritonlab.serving.configs.CAPTIONING_VARIANTS, with dynamic\n"
-        "batching that waits up to 500 ms for a batch of 8 (notebook 08 measures it against\n"
+        "batching that waits up to 500 ms for a batch of 8 (notebook 09 measures it against\n"
         "the naive variant; CAPTIONING_BATCHING says why 500 ms)."),
     "food_captioning": (
         "The two steps run at the same time on different requests: their configs share the\n"

@@ -194,6 +194,9 @@ class EmbeddedTriton(TritonServer):
             f"--metrics-address={self.address.host}", f"--metrics-port={self.address.metrics}",
             f"--exit-timeout-secs={self.exit_timeout}",
             "--log-verbose=0",
+            # the response cache (see settings.RESPONSE_CACHE_BYTES); the wheel keeps the cache
+            # library in its own folder, not in /opt/tritonserver/caches where Triton looks
+            settings.cache_config_flag(), f"--cache-dir={_pytriton_dir() / 'caches'}",
         ]
         return cmd + self.extra_args
 
