@@ -24,7 +24,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --progress-bar off -e '.[dev]'
 	@touch $@
 
-install: $(STAMP) assets  ## virtual environment with the pinned packages, sample data, weights
+# Model Analyzer in a virtual environment of its own (why: requirements/model-analyzer.txt)
+ANALYZER_VENV  := .venv-analyzer
+ANALYZER_STAMP := $(ANALYZER_VENV)/.installed-stamp
+
+$(ANALYZER_STAMP): requirements/model-analyzer.txt
+	$(PYTHON) -m venv $(ANALYZER_VENV)
+	$(ANALYZER_VENV)/bin/pip install --quiet --progress-bar off -r requirements/model-analyzer.txt
+	@touch $@
+
+install: $(STAMP) $(ANALYZER_STAMP) assets  ## virtual environments with the pinned packages (the course's, Model Analyzer's), sample data, weights
 
 assets: $(STAMP)  ## sample images, perf_analyzer inputs, Food-11 weights (or a stand-in), configs
 	$(BIN)/python -m tritonlab prepare
@@ -41,7 +50,7 @@ lab: install  ## run every notebook headless (quick mode) on the embedded Triton
 lab-full: install  ## the same with full measurement windows
 	$(BIN)/python -m tritonlab lab --full
 
-test: $(STAMP)  ## run the tests (stand-in weights if none are present; only tests marked network ask PyPI)
+test: $(STAMP) $(ANALYZER_STAMP)  ## run the tests (stand-in weights if none are present; only tests marked network ask PyPI)
 	$(BIN)/python -m tritonlab prepare --source stand-in
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -146,3 +146,24 @@ def test_the_overload_rows_report_both_configs():
     assert rows["overload with queue policy: refused, slowest refusal"] == \
         "31%, 290 ms (timeout 200 ms)"
 
+
+
+def test_the_model_analyzer_row_sets_its_best_against_the_hand_tuned_one():
+    found = {"budget_ms": 50.0, "configs": 5, "seconds": 92.0,
+             "hand_tuned": {"throughput": 333.1, "p95_ms": 28.9, "within_budget": True},
+             "best": {"config": "food_classifier_config_4", "instance_group": "2:CPU",
+                      "max_batch_size": 2, "concurrency": 4, "throughput": 343.6,
+                      "p95_ms": 16.9}}
+    name = "Model Analyzer's best vs hand-tuned fastest, p95 <= 50 ms"
+    rows = {r["figure"]: r["measured"] for r in bench.verdicts(
+        {**bench_figures(), "model_analyzer": found})}
+    assert rows[name] == ("344/s (food_classifier_config_4, 2:CPU, max batch 2, c=4) vs "
+                          "333/s (c=8); 5 configs in 92 s")
+    over = {**found, "hand_tuned": {"throughput": 400.0, "p95_ms": 80.0, "within_budget": False}}
+    over.pop("best")
+    rows = {r["figure"]: r["measured"] for r in bench.verdicts(
+        {**bench_figures(), "model_analyzer": over})}
+    assert rows[name].startswith("none within budget vs over budget (p95 80 ms at c=8)")
+    missing = {r["figure"]: r["measured"] for r in bench.verdicts(
+        {**bench_figures(), "model_analyzer": {"error": "Model Analyzer is not installed"}})}
+    assert missing[name] == "not measured: Model Analyzer is not installed"

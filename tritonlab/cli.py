@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="start Triton in the background on 127.0.0.1")
     p.add_argument("--timeout", type=float, default=180)
     p.add_argument("--variant", default="baseline",
-                   help="the classifier variant to serve: baseline (committed) or fastest")
+                   help="the classifier variant to serve: baseline (committed), fastest, or "
+                        "analyzer (the best configuration of the last Model Analyzer search)")
     p.set_defaults(func=_serve)
     sub.add_parser("stop", help="stop the background Triton").set_defaults(func=_stop)
     sub.add_parser("status", help="is Triton running?").set_defaults(func=_status)

@@ -1,4 +1,4 @@
-"""The hand-in (`make handin`, and the last cell of notebook 10): one zip file an instructor reads
+"""The hand-in (`make handin`, and the last cell of notebook 11): one zip file an instructor reads
 without running anything. It holds the executed notebooks, the figures, the results table with
 the runs it rests on, the student's answers, and a manifest saying on what machine, with what
 software and in which measurement mode (quick or full) it all ran, and what is missing.
@@ -101,7 +101,7 @@ class Handin:
     manifest: dict
 
     def summary(self) -> str:
-        """What the archive holds and what is missing, as printed by the CLI and notebook 10."""
+        """What the archive holds and what is missing, as printed by the CLI and notebook 11."""
         m = self.manifest
         size = self.path.stat().st_size / 2**20
         done = [n for n in m["notebooks"] if n["in_archive"]]

@@ -27,7 +27,7 @@ from ..serving import clients, configs, devices
 from ..serving.deploy import deploy
 from ..serving.embedded import EmbeddedTriton
 from ..settings import TritonAddress
-from . import captioning, perf, processes
+from . import analyzer, captioning, perf, processes, results
 from .results import P95, P99, REQUESTS, THROUGHPUT
 
 #: The fastest classifier variant on this 2-core CPU (see configs.FASTEST_CLASSIFIER).
@@ -247,6 +247,9 @@ def run(repeats: int = 3, window_ms: int = 3000, out_dir: Path | None = None,
         log.info("7. overload: 1.5x the fastest variant's capacity, with and without a queue "
                  "policy ...")
         figures["overload"] = overload(server, fast["throughput"])
+
+        log.info("8. Model Analyzer's quick search against the hand-tuned fastest variant ...")
+        figures["model_analyzer"] = model_analyzer(fast, window_ms, work / "model-analyzer")
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -379,6 +382,52 @@ def ensemble_overhead(server, repeats: int, calls: int = 10) -> dict:
             "ensemble_minus_two_calls_ms": ensemble - sequential}
 
 
+#: The p95 budget Model Analyzer's best and the hand-tuned fastest variant are compared at.
+ANALYZER_BUDGET_MS = 50.0
+
+
+def model_analyzer(fastest: dict, window_ms: int, folder: Path) -> dict:
+    """Model Analyzer's quick search on the classifier (ONNX Runtime, up to concurrency 8, two
+    instances, max batch 8) against the hand-tuned fastest variant measured at concurrency 8
+    (`fastest`: its throughput and p95_ms), both within ANALYZER_BUDGET_MS of p95. When Model
+    Analyzer is missing or fails, the reason instead."""
+    opts = analyzer.SearchSettings(mode="quick", max_concurrency=8, max_instance_count=2,
+                                   max_model_batch_size=8, measurement_ms=window_ms,
+                                   p95_budget_ms=ANALYZER_BUDGET_MS, runtimes=["onnxruntime"],
+                                   concurrency_sweep=False)
+    try:
+        found = analyzer.search(opts, folder=folder, progress=False)
+    except analyzer.AnalyzerError as exc:
+        return {"error": str(exc).splitlines()[0]}
+    best = analyzer.best_within(found.points, ANALYZER_BUDGET_MS)
+    out = {"budget_ms": ANALYZER_BUDGET_MS, "configs": int(found.points["variant"].nunique()),
+           "seconds": round(found.seconds, 1),
+           "hand_tuned": {"throughput": fastest["throughput"], "p95_ms": fastest["p95_ms"],
+                          "within_budget": fastest["p95_ms"] <= ANALYZER_BUDGET_MS}}
+    if best is not None:
+        out["best"] = {"config": best["config name"], "instance_group": best["instance group"],
+                       "max_batch_size": int(best["max batch size"]),
+                       "concurrency": int(best["concurrency"]),
+                       "throughput": float(best[results.THROUGHPUT]),
+                       "p95_ms": float(best["p95 latency (ms)"])}
+    return out
+
+
+def analyzer_rows(m: dict) -> list[tuple]:
+    """The bench table's row for `model_analyzer`'s figures."""
+    name = f"Model Analyzer's best vs hand-tuned fastest, p95 <= {ANALYZER_BUDGET_MS:g} ms"
+    if "error" in m:
+        return [(name, f"not measured: {m['error']}", "(reported)", None)]
+    hand, best = m["hand_tuned"], m.get("best")
+    hand_text = (f"{hand['throughput']:.0f}/s (c=8)" if hand["within_budget"]
+                 else f"over budget (p95 {hand['p95_ms']:.0f} ms at c=8)")
+    best_text = ("none within budget" if best is None else
+                 f"{best['throughput']:.0f}/s ({best['config']}, {best['instance_group']}, max "
+                 f"batch {best['max_batch_size']}, c={best['concurrency']})")
+    return [(name, f"{best_text} vs {hand_text}; {m['configs']} configs in {m['seconds']:.0f} s",
+             "(reported)", None)]
+
+
 def verdicts(f: dict) -> list[dict]:
     """Each target with its measured value and whether it is met."""
     speedup = f["fastest_c8"]["throughput"] / f["baseline_c8"]["throughput"]
@@ -417,6 +466,8 @@ def verdicts(f: dict) -> list[dict]:
                      f"{o['with']['slowest refusal (ms)']:.0f} ms "
                      f"(timeout {o['policy']['timeout_microseconds'] / 1000:.0f} ms)",
                      "(reported)", None))
+    if "model_analyzer" in f:
+        rows += analyzer_rows(f["model_analyzer"])
     for key, name in (("load_classifier_c32", "classifier"), ("load_ensemble_c8", "ensemble")):
         load = f[key]
         rows.append((f"load {name} c={load['concurrency']}, {load['seconds']:.0f} s: failed "

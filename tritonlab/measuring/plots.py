@@ -575,3 +575,35 @@ def cache_latency(table: pd.DataFrame, name: str | None = None,
     _scale(ax, data["latency (ms)"])
     ax.set_title(title)
     return _finish(fig, name)
+
+
+def config_search(points: pd.DataFrame, hand: pd.DataFrame, budget_ms: float,
+                  name: str | None = None,
+                  title: str = "Model Analyzer's configurations beside the hand-tuned ones"):
+    """Throughput against p95 latency: every level Model Analyzer measured (one colour per
+    configuration), every level of the hand-tuned variants (grey crosses), the p95 budget as a
+    dashed line, and the best point within it of each side ringed. Both tables need
+    'p95 latency (ms)' and the throughput column."""
+    sns = _seaborn()
+    fig, ax = plt.subplots(figsize=(8.5, 4.6))
+    sns.scatterplot(data=points, x="p95 latency (ms)", y=THROUGHPUT, hue="variant", s=60,
+                    ax=ax)
+    ax.scatter(hand["p95 latency (ms)"], hand[THROUGHPUT], marker="x", color="0.45",
+               label="hand-tuned (this course run)")
+    ax.axvline(budget_ms, ls="--", color="0.3", lw=1, label=f"p95 budget {budget_ms:g} ms")
+    for frame, colour in ((points, "tab:red"), (hand, "black")):
+        kept = frame[frame["p95 latency (ms)"] <= budget_ms]
+        if not kept.empty:
+            top = kept.loc[kept[THROUGHPUT].idxmax()]
+            ax.scatter([top["p95 latency (ms)"]], [top[THROUGHPUT]], s=260, facecolors="none",
+                       edgecolors=colour, linewidths=1.5)
+    ax.set_xlabel("p95 latency (ms)")
+    ax.set_ylabel("throughput (infer/s)")
+    _scale(ax, pd.concat([points["p95 latency (ms)"], hand["p95 latency (ms)"]]), axis="x")
+    ax.set_ylim(0, None)
+    handles, labels = _handles(ax)  # seaborn's entries, one per configuration
+    extra, extra_labels = ax.get_legend_handles_labels()  # the crosses and the budget line
+    pairs = dict(zip(labels, handles)) | dict(zip(extra_labels, extra))
+    _legend_outside(ax, handles=list(pairs.values()), labels=list(pairs))
+    ax.set_title(title)
+    return _finish(fig, name)

@@ -277,18 +277,33 @@ def fastest_classifier_config() -> mc.ModelConfig:
 
 
 #: The classifier variants that can be served by name (`make serve VARIANT=...`,
-#: `deploy.serve_variant`): the committed baseline, and FASTEST_CLASSIFIER.
-CLASSIFIER_VARIANTS = ("baseline", "fastest")
+#: `deploy.serve_variant`): the committed baseline, FASTEST_CLASSIFIER, and the best
+#: configuration of the last Model Analyzer search (notebook 09).
+CLASSIFIER_VARIANTS = ("baseline", "fastest", "analyzer")
+
+
+def analyzer_best_path() -> Path:
+    """Where notebook 09 (measuring.analyzer.save) keeps Model Analyzer's best configuration,
+    renamed food_classifier: under the results folder, since a search is a measurement."""
+    return settings.results_dir() / "model_analyzer" / "best.pbtxt"
 
 
 def classifier_variant(name: str) -> mc.ModelConfig:
     """food_classifier's config for a named variant of CLASSIFIER_VARIANTS: 'baseline' is the
     committed config (its half of the cores beside the captioner), 'fastest' is
-    FASTEST_CLASSIFIER. Raises ConfigError naming the variants there are."""
+    FASTEST_CLASSIFIER, 'analyzer' the best configuration of the last Model Analyzer search.
+    Raises ConfigError naming the variants there are, or, for 'analyzer', saying that no
+    search was saved yet."""
     if name == "baseline":
         return course_configs()["food_classifier"]
     if name == "fastest":
         return fastest_classifier_config()
+    if name == "analyzer":
+        path = analyzer_best_path()
+        if not path.exists():
+            raise ConfigError(f"no Model Analyzer search saved ({path} is missing): run "
+                              "notebook 09 first, which searches and saves its best config.")
+        return read_config(path)
     raise ConfigError(f"no classifier variant '{name}': use one of "
                       f"{', '.join(CLASSIFIER_VARIANTS)}")
 
@@ -462,7 +477,7 @@ def diff(old: mc.ModelConfig | None, new: mc.ModelConfig) -> str:
 
 #: The share of the machine's cores each step of the ensemble gets in the served repository,
 #: weighted by the work each does: a caption costs BLIP-base far more than a label costs
-#: MobileNetV2 (notebook 09 prints both steps' compute times), so the captioner gets every core
+#: MobileNetV2 (notebook 10 prints both steps' compute times), so the captioner gets every core
 #: and the classifier half of them (one thread on 2 cores). `make bench` measures this against
 #: halves each at concurrency 8 (on 2 cores, 2026-11-29: 1.19 against 0.64 infer/s).
 ENSEMBLE_CPU_SHARE = {"food_classifier": 0.5, "conditional_captioning": 1.0}
@@ -472,11 +487,11 @@ ENSEMBLE_CPU_SHARE = {"food_classifier": 0.5, "conditional_captioning": 1.0}
 #: reads the text decoder's weights once for 8 images. A short delay lets a batch start before
 #: the requests of the previous one are back from the classifier, so batches come out smaller
 #: than 8 when the delay is short. With fewer requests in flight than 8, each batch waits the
-#: whole 500 ms (notebook 09 prints the cost at concurrency 1).
+#: whole 500 ms (notebook 10 prints the cost at concurrency 1).
 CAPTIONING_BATCHING = {"preferred_batch_size": [8], "max_queue_delay_microseconds": 500000}
 
 #: How the captioning step can run, from the first model a user writes to the course's fastest
-#: (notebook 09 and `make bench` measure them; `captioning_config` takes each dict):
+#: (notebook 10 and `make bench` measure them; `captioning_config` takes each dict):
 CAPTIONING_VARIANTS = {
     # one model.generate() per image, transformers' eager attention, no dynamic batching
     "naive": dict(strategy="generate_per_image", attention="eager"),
@@ -505,9 +520,9 @@ COURSE_NOTES = {
     "conditional_captioning": (
         "Threads: cpu_share 1, every core: a caption costs far more than a label, so the\n"
         "classifier beside it in the food_captioning ensemble gets half the cores (see\n"
-        "that model's config; notebook 09 prints both steps' compute times).\n"
+        "that model's config; notebook 10 prints both steps' compute times).\n"
         "Variant: 'fastest' of tritonlab.serving.configs.CAPTIONING_VARIANTS, with dynamic\n"
-        "batching that waits up to 500 ms for a batch of 8 (notebook 09 measures it against\n"
+        "batching that waits up to 500 ms for a batch of 8 (notebook 10 measures it against\n"
         "the naive variant; CAPTIONING_BATCHING says why 500 ms)."),
     "food_captioning": (
         "The two steps run at the same time on different requests: their configs share the\n"

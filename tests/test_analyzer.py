@@ -1,0 +1,133 @@
+"""Model Analyzer as the course drives it: the config it gets, the results read back, the words
+of the comparison, the hand-tuned runs it is compared with, and the variant it leaves to serve.
+Its real search runs in notebook 09 (tests/test_notebooks.py)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pandas as pd
+import pytest
+import yaml
+
+from tritonlab import settings
+from tritonlab.measuring import analyzer, results
+from tritonlab.serving import configs
+from tritonlab.settings import TritonAddress
+
+
+@pytest.fixture()
+def results_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITONLAB_RESULTS_DIR", str(tmp_path / "results"))
+    return tmp_path / "results"
+
+
+def test_a_missing_model_analyzer_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRITONLAB_MODEL_ANALYZER", str(tmp_path / "model-analyzer"))
+    with pytest.raises(analyzer.AnalyzerError, match="make install"):
+        analyzer.binary()
+
+
+def test_model_analyzer_reads_the_config_the_course_writes(tmp_path):
+    """Model Analyzer's own config parser (in its venv) takes every option the course sets;
+    an option it does not know makes it stop with an error naming it."""
+    opts = analyzer.SearchSettings.for_course(p95_budget_ms=50)
+    config = analyzer.profile_config(settings.model_repository(), tmp_path / "out", opts,
+                                     TritonAddress.free(), tmp_path / "backends")
+    (tmp_path / "out").mkdir()
+    python = analyzer.binary().parent / "python"
+    check = ("import sys; from model_analyzer.cli.cli import CLI; "
+             "from model_analyzer.config.input.config_command_profile import "
+             "ConfigCommandProfile; cfg = ConfigCommandProfile(); cli = CLI(); "
+             "cli.add_subcommand(cmd='profile', help='', config=cfg); "
+             "cli.parse(); print('parsed', cfg.run_config_search_mode, "
+             "cfg.constraints, cfg.profile_models[0].cpu_only())")
+
+    def parse(conf: dict) -> subprocess.CompletedProcess:
+        path = tmp_path / "profile.yaml"
+        path.write_text(yaml.safe_dump(conf))
+        return subprocess.run([str(python), "-c", check, "profile", "-f", str(path)],
+                              capture_output=True, text=True, timeout=120)
+
+    good = parse(config)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "parsed quick" in good.stdout and "50" in good.stdout and "True" in good.stdout
+    bad = parse({**config, "run_config_search_max_instances": 2})  # not an option of 1.46
+    assert bad.returncode != 0
+    assert "run_config_search_max_instances" in bad.stdout + bad.stderr
+
+
+def _points(rows):
+    return pd.DataFrame([{"variant": f"{analyzer.VARIANT_PREFIX}{name} (onnxruntime)",
+                          "config name": name, "runtime": "onnxruntime",
+                          "instance group": group, "max batch size": mbs,
+                          "dynamic batching": True, "concurrency": c,
+                          results.THROUGHPUT: t, "p95 latency (ms)": p95,
+                          "p99 latency (ms)": p95 * 1.2, "server queue (ms)": p95 / 4,
+                          "server compute infer (ms)": p95 / 3}
+                         for name, group, mbs, c, t, p95 in rows])
+
+
+def _search(points, budget=50.0, max_concurrency=4):
+    opts = analyzer.SearchSettings(p95_budget_ms=budget, max_concurrency=max_concurrency)
+    return analyzer.Search(points=points, configs={}, settings=opts, seconds=1.0, folder=None)
+
+
+def test_the_best_keeps_the_budget_and_the_words_follow_the_numbers():
+    points = _points([("c0", "1:CPU", 1, 4, 200.0, 20.0), ("c1", "2:CPU", 4, 4, 400.0, 80.0),
+                      ("c2", "2:CPU", 2, 4, 300.0, 45.0)])
+    assert analyzer.best_within(points, 50)["config name"] == "c2"  # c1 is faster, too slow
+    assert analyzer.best_within(points, 10) is None
+    hand = pd.DataFrame({"variant": ["a", "b"], "concurrency": [8, 1],
+                         results.THROUGHPUT: [250.0, 100.0], "p95 latency (ms)": [40.0, 9.0]})
+    words = analyzer.compare(_search(points), hand)
+    assert "c2" in words and "300.0 infer/s at concurrency 4" in words
+    assert "'a': 250.0 infer/s at concurrency 8" in words
+    assert "Model Analyzer beat the hand-tuned best: 1.20x" in words
+    assert "went up to concurrency 4; the hand-tuned best was measured with 8" in words
+    close = hand.assign(**{results.THROUGHPUT: [290.0, 100.0]})
+    assert "Neither beat the other clearly" in analyzer.compare(_search(points), close)
+    ahead = hand.assign(**{results.THROUGHPUT: [600.0, 100.0]})
+    assert "did not beat the hand-tuned best: 0.50x" in analyzer.compare(_search(points), ahead)
+    assert "nothing to compare" in analyzer.compare(_search(points, budget=5), hand)
+    table = analyzer.summary(_search(points))
+    assert list(table["configuration"]) == ["c2", "c0", "c1"]
+    assert table["at concurrency"].iloc[2] is None or pd.isna(table["at concurrency"].iloc[2])
+
+
+def _save(variant, config=None, date="2026-11-30T10:00:00+00:00"):
+    df = pd.DataFrame({"concurrency": [8], results.THROUGHPUT: [100.0],
+                       results.P95: [20_000.0]})
+    meta = {"variant": variant, "model": "food_classifier", "date": date, "config": config}
+    return results.save_run(results.PerfRun(df=df, meta=meta, raw={}, metrics=pd.DataFrame()))
+
+
+def test_the_hand_tuned_runs_leave_out_cached_and_searched_ones(results_dir):
+    with pytest.raises(ValueError, match="baseline"):
+        analyzer.hand_tuned()
+    _save("baseline", date="2026-11-30T09:00:00+00:00")
+    _save("dynamic batching")
+    _save("baseline + response cache", config={"response_cache": {"enable": True}})
+    _save(analyzer.VARIANT_PREFIX + "food_classifier_config_1 (onnxruntime)")
+    hand = analyzer.hand_tuned()
+    assert sorted(hand["variant"]) == ["baseline", "dynamic batching"]
+    assert (hand["p95 latency (ms)"] == 20.0).all()
+
+
+def test_the_analyzer_variant_is_the_saved_best_renamed(results_dir):
+    with pytest.raises(configs.ConfigError, match="notebook 09"):
+        configs.classifier_variant("analyzer")
+    searched = configs.classifier_config(name="food_classifier_config_4", instances=2,
+                                         runtime="onnxruntime",
+                                         dynamic_batching={"max_queue_delay_microseconds": 0})
+    points = _points([("food_classifier_config_4", "2:CPU", 16, 4, 300.0, 20.0)])
+    found = _search(points)
+    found.configs = {points["variant"][0]: searched}
+    written = analyzer.save(found)
+    assert written[-1] == configs.analyzer_best_path()
+    served = configs.classifier_variant("analyzer")
+    assert served.name == "food_classifier" and served.instance_group[0].count == 2
+    assert served.parameters["runtime"].string_value == "onnxruntime"
+    table = results.table()
+    assert list(table["variant"]) == [points["variant"][0]]
+    assert table[results.P95].iloc[0] == 20_000.0

@@ -1,0 +1,434 @@
+"""Triton Model Analyzer from a cell: its automatic config search on the course's classifier, run
+on the embedded tritonserver (CPU only), its results read into the course's results table.
+
+Model Analyzer (`model-analyzer profile`) starts its own Triton (launch mode `local`: the same
+`tritonserver` binary the course runs), writes one variant of the model's config at a time
+(instance count, dynamic batching, max_batch_size), loads it, measures it with perf_analyzer at
+a few concurrency levels, and climbs towards the best throughput (its `quick` search) or tries
+them all (`brute`). It lives in its own virtual environment, `.venv-analyzer/` (made by `make
+install` from requirements/model-analyzer.txt): it needs a newer tritonclient than the course
+pins, and the release that matches server 2.51 (1.45.0) is not on the package index; 1.46.0 ran
+here against it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .. import settings
+from ..common import atomic_write, log
+from ..serving import configs, devices
+from ..serving.embedded import EmbeddedTriton
+from ..settings import TritonAddress
+from . import perf, results
+
+#: Where `make install` puts Model Analyzer (TRITONLAB_MODEL_ANALYZER names another binary).
+VENV = settings.ROOT / ".venv-analyzer"
+
+#: The variant name every configuration Model Analyzer measured gets in the course's results
+#: table, followed by its own config name ('food_classifier_config_3').
+VARIANT_PREFIX = "Model Analyzer: "
+
+#: Model Analyzer's result fields the course reads (its `inference_output_fields`), and the
+#: course's column for each.
+FIELDS = {
+    "model_name": "model", "batch_size": "batch size", "concurrency": "concurrency",
+    "model_config_path": "config name", "instance_group": "instance group",
+    "max_batch_size": "max batch size", "satisfies_constraints": "satisfies constraints",
+    "perf_throughput": results.THROUGHPUT, "perf_latency_p95": "p95 latency (ms)",
+    "perf_latency_p99": "p99 latency (ms)", "perf_server_queue": "server queue (ms)",
+    "perf_server_compute_infer": "server compute infer (ms)",
+}
+
+
+#: Two throughputs closer than this share are not ranked (perf_analyzer's default stability
+#: tolerance: windows of one config may differ by 10 %).
+SAME_WITHIN = 0.10
+
+
+class AnalyzerError(RuntimeError):
+    """Model Analyzer is missing, or its run failed: the message says what to do."""
+
+
+def binary() -> Path:
+    """The `model-analyzer` command. Raises AnalyzerError when it is not installed."""
+    named = os.environ.get("TRITONLAB_MODEL_ANALYZER")
+    path = Path(named) if named else VENV / "bin" / "model-analyzer"
+    if not path.exists():
+        raise AnalyzerError(f"Model Analyzer is not installed ({path} is missing): run "
+                            "`make install`, which makes .venv-analyzer/ from "
+                            "requirements/model-analyzer.txt.")
+    return path
+
+
+@dataclass
+class SearchSettings:
+    """How widely Model Analyzer searches, and how long it measures each point.
+
+    Limits are Model Analyzer's own `run_config_search_*` options; `measurement_ms` is
+    perf_analyzer's window; `p95_budget_ms` is the latency the best configuration must keep
+    (Model Analyzer's `constraints`), also the budget the comparison uses."""
+
+    mode: str = "quick"               # Model Analyzer's run_config_search_mode: quick or brute
+    max_concurrency: int = 16
+    max_instance_count: int = 3
+    max_model_batch_size: int = 16
+    measurement_ms: int = 3000
+    p95_budget_ms: float = 100.0
+    runtimes: list[str] = field(default_factory=lambda: ["onnxruntime", "torch"])
+    # after the search, Model Analyzer measures its best configurations at every concurrency
+    # up to the limit, for its reports (about a minute here): off in quick mode
+    concurrency_sweep: bool = True
+
+    @classmethod
+    def for_course(cls, **kw) -> SearchSettings:
+        """Full mode: quick search up to concurrency 16, 3 instances, max batch 16, both
+        runtimes. Quick mode (tests, `make lab`): up to concurrency 4, 2 instances, max batch
+        4, 1 s windows, ONNX Runtime only, no concurrency sweep after the search (about two
+        minutes instead of tens)."""
+        if settings.quick_mode():
+            for key, value in dict(max_concurrency=4, max_instance_count=2,
+                                   max_model_batch_size=4, measurement_ms=1000,
+                                   runtimes=["onnxruntime"], concurrency_sweep=False).items():
+                kw.setdefault(key, value)
+        return cls(**kw)
+
+
+def base_config(runtime: str) -> configs.mc.ModelConfig:
+    """The classifier config a search starts from: one instance, no batching, every core
+    (the classifier alone on the machine), the given runtime. Model Analyzer varies its
+    instance count, dynamic batching and max_batch_size."""
+    return configs.classifier_config(runtime=runtime, instances=1, cpu_share=1.0)
+
+
+def environment() -> dict[str, str]:
+    """What Model Analyzer, its Triton and its perf_analyzer need: the embedded server's
+    libraries and the course's Python first on PATH (the backend stub takes its python3 from
+    there), and perf_analyzer's libraries."""
+    server = EmbeddedTriton()
+    env = server._environment()
+    pa = perf.environment()
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in (env.get("LD_LIBRARY_PATH", ""),
+                                                  pa.get("LD_LIBRARY_PATH", "")) if p)
+    return env
+
+
+def profile_config(repository: Path, output: Path, opts: SearchSettings,
+                   address: TritonAddress, backend_dir: Path,
+                   model: str = "food_classifier") -> dict:
+    """Model Analyzer's `profile` config for `model` in `repository`: local launch of the
+    embedded tritonserver bound to 127.0.0.1 on `address`'s ports, CPU only, the course's
+    perf_analyzer and perf input file, results under `output`."""
+    env = environment()
+    return {
+        "model_repository": str(repository),
+        "output_model_repository_path": str(output / "output_models"),
+        "override_output_model_repository": True,
+        "export_path": str(output),
+        "checkpoint_directory": str(output / "checkpoints"),
+        "triton_launch_mode": "local",
+        "triton_server_path": str(EmbeddedTriton().binary()),
+        "triton_output_path": str(output / "tritonserver.log"),
+        "perf_analyzer_path": str(perf.binary()),
+        "perf_output": False,
+        "perf_analyzer_flags": {
+            "input-data": str(settings.PERF_INPUTS / "food_classifier_raw.json"),
+            "measurement-interval": opts.measurement_ms,
+        },
+        "triton_http_endpoint": f"127.0.0.1:{address.http}",
+        "triton_grpc_endpoint": f"127.0.0.1:{address.grpc}",
+        "triton_metrics_url": f"http://127.0.0.1:{address.metrics}/metrics",
+        "triton_server_flags": {
+            "backend-directory": str(backend_dir), "http-address": "127.0.0.1",
+            "grpc-address": "127.0.0.1", "metrics-address": "127.0.0.1",
+            "exit-on-error": "false",
+        },
+        "triton_server_environment": {key: env[key] for key in
+                                      ("LD_LIBRARY_PATH", "PATH", "PYTHONPATH") if key in env},
+        "gpus": [],
+        "run_config_search_mode": opts.mode,
+        "run_config_search_max_concurrency": opts.max_concurrency,
+        "run_config_search_max_instance_count": opts.max_instance_count,
+        "run_config_search_max_model_batch_size": opts.max_model_batch_size,
+        "profile_models": {model: {"cpu_only": True}},
+        "objectives": {"perf_throughput": 10},
+        "constraints": {"perf_latency_p95": {"max": opts.p95_budget_ms}},
+        "inference_output_fields": list(FIELDS),
+        "skip_detailed_reports": True,
+        "concurrency_sweep_disable": not opts.concurrency_sweep,
+    }
+
+
+@dataclass
+class Search:
+    """What one Model Analyzer search measured.
+
+    `points`: one row per configuration and concurrency level Model Analyzer measured, in the
+    course's columns (variant, runtime, config name, instances, max batch size, dynamic
+    batching, concurrency, throughput, p95/p99 latency, server queue and compute, in ms where
+    the name says so; 'within budget': p95 at most the budget). `configs`: each configuration
+    Model Analyzer wrote, by variant name. `log`: the lines it printed."""
+
+    points: pd.DataFrame
+    configs: dict[str, object]
+    settings: SearchSettings
+    seconds: float
+    folder: Path
+    log: list[str] = field(default_factory=list)
+
+
+#: Model Analyzer's CSV header for each result field the course reads (its record types'
+#: header(): read from model_analyzer 1.46.0's own code).
+HEADERS = {
+    "Model": "model", "Batch": "batch size", "Concurrency": "concurrency",
+    "Model Config Path": "config name", "Instance Group": "instance group",
+    "Max Batch Size": "max batch size", "Satisfies Constraints": "satisfies constraints",
+    "Throughput (infer/sec)": results.THROUGHPUT, "p95 Latency (ms)": "p95 latency (ms)",
+    "p99 Latency (ms)": "p99 latency (ms)", "Server Queue time (ms)": "server queue (ms)",
+    "Server Compute Infer time (ms)": "server compute infer (ms)",
+}
+
+
+
+def read_results(folder: Path, runtime: str, budget_ms: float) -> pd.DataFrame:
+    """Model Analyzer's inference results (`<folder>/results/metrics-model-inference.csv`) in
+    the course's columns, with each configuration's own config.pbtxt read for its dynamic
+    batching; one row per configuration and concurrency level. Raises AnalyzerError when the
+    file is missing (the run's log says why)."""
+    path = folder / "results" / "metrics-model-inference.csv"
+    if not path.exists():
+        raise AnalyzerError(f"Model Analyzer wrote no results ({path} is missing): see its log "
+                            "above, and its Triton's log in " + str(folder / "tritonserver.log"))
+    raw = pd.read_csv(path)
+    df = raw.rename(columns={k: v for k, v in HEADERS.items() if k in raw.columns})
+    df["runtime"] = runtime
+    df["variant"] = VARIANT_PREFIX + df["config name"] + f" ({runtime})"
+    batching = {}
+    for name in df["config name"].unique():
+        cfg_path = folder / "output_models" / name / "config.pbtxt"
+        cfg = configs.read_config(cfg_path) if cfg_path.exists() else None
+        batching[name] = (cfg is not None and cfg.HasField("dynamic_batching"))
+    df["dynamic batching"] = df["config name"].map(batching)
+    df["within budget"] = df["p95 latency (ms)"] <= budget_ms
+    return df.sort_values(["config name", "concurrency"]).reset_index(drop=True)
+
+
+def _progress_line(line: str) -> str | None:
+    """The part of a Model Analyzer log line worth showing while it runs (None: not shown)."""
+    for key in ("Profiling ", "Creating model config", "No changes made", "Done with quick",
+                "Done gathering", "Exported", "ERROR", "WARNING"):
+        if key in line:
+            return line.split("] ", 1)[-1].strip() if "] " in line else line.strip()
+    return None
+
+
+def search(opts: SearchSettings | None = None, model: str = "food_classifier",
+           folder: Path | None = None, progress: bool = True) -> Search:
+    """Run Model Analyzer's search on `model`, once per runtime in `opts.runtimes`, each on a
+    fresh copy of the model, and read what it measured.
+
+    Each run starts its own embedded Triton on free ports of 127.0.0.1 (Model Analyzer stops
+    it when done), so a course server may keep running meanwhile; they share the cores. Prints
+    what Model Analyzer is profiling as it goes. Raises AnalyzerError when Model Analyzer is
+    missing, fails, or runs past its time limit (its last lines and log files named)."""
+    from ..assets import onnx_export
+    from ..assets.repository import copy_repository
+
+    opts = opts or SearchSettings.for_course()
+    binary()  # installed?
+    folder = Path(folder or settings.output_dir() / "model-analyzer")
+    frames, found, lines = [], {}, []
+    began = time.monotonic()
+    for runtime in opts.runtimes:
+        work = folder / runtime
+        shutil.rmtree(work, ignore_errors=True)
+        repo = copy_repository(work / "repository", names=(model,))
+        configs.write_config(base_config(runtime), repo, source="tritonlab.measuring.analyzer",
+                             regenerate="analyzer.search()")
+        if runtime == "onnxruntime":
+            onnx_export.export_onnx(repo / model / "1")
+        state = work / "state"
+        backend_dir = EmbeddedTriton(model_repository=repo, state_dir=state)._backend_dir()
+        config = profile_config(repo, work / "export", opts, TritonAddress.free(), backend_dir,
+                                model)
+        (work / "export").mkdir(parents=True, exist_ok=True)  # Model Analyzer wants it there
+        config_file = work / "profile.yaml"
+        config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+        cmd = [str(binary()), "profile", "-f", str(config_file)]
+        limit = 1800 if settings.quick_mode() else 7200
+        log.info(f"Model Analyzer ({runtime}): {' '.join(cmd)}")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=environment(), cwd=work,
+                                start_new_session=True)
+        start = time.monotonic()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            shown = _progress_line(line)
+            if shown and progress:
+                print(f"[{time.monotonic() - start:5.0f} s] {runtime}: {shown}", flush=True)
+            if time.monotonic() - start > limit:
+                proc.kill()
+                break
+        code = proc.wait()
+        if code != 0:
+            tail = "\n".join(lines[-15:])
+            raise AnalyzerError(f"Model Analyzer ({runtime}) exited with {code} after "
+                                f"{time.monotonic() - start:.0f} s; its last lines:\n{tail}\n"
+                                f"Its Triton's log: {work / 'export' / 'tritonserver.log'}")
+        frame = read_results(work / "export", runtime, opts.p95_budget_ms)
+        frames.append(frame)
+        for name in frame["config name"].unique():
+            path = work / "export" / "output_models" / name / "config.pbtxt"
+            if path.exists():
+                found[VARIANT_PREFIX + f"{name} ({runtime})"] = configs.read_config(path)
+    points = pd.concat(frames, ignore_index=True)
+    return Search(points=points, configs=found, settings=opts,
+                  seconds=time.monotonic() - began, folder=folder, log=lines)
+
+
+def best_within(points: pd.DataFrame, budget_ms: float) -> pd.Series | None:
+    """The row with the highest throughput whose p95 latency is at most `budget_ms` (rows in
+    the course's columns, p95 in 'p95 latency (ms)'); None when no row keeps the budget."""
+    kept = points[points["p95 latency (ms)"] <= budget_ms]
+    if kept.empty:
+        return None
+    return kept.loc[kept[results.THROUGHPUT].idxmax()]
+
+
+def hand_tuned(folder: Path | None = None) -> pd.DataFrame:
+    """The classifier's hand-tuned variants of this course run (`results.course_run` of the
+    saved runs), each level with its p95 in ms. Left out: Model Analyzer's own rows, and runs
+    of a config with the response cache on (perf_analyzer's repeated inputs were answered from
+    the cache: notebook 08). Raises ValueError when the baseline was never measured."""
+    runs = [d for d in results.load_runs(folder)
+            if not d["meta"]["variant"].startswith(VARIANT_PREFIX)
+            and not (d["meta"].get("config") or {}).get("response_cache", {}).get("enable")]
+    table = results.table(runs=runs)
+    if table.empty:
+        raise ValueError("no 'baseline' run of food_classifier saved: run notebook 02 first.")
+    run = results.course_run(table).copy()
+    run["p95 latency (ms)"] = run[results.P95] / 1000
+    return run.reset_index(drop=True)
+
+
+def compare(found: Search, hand: pd.DataFrame) -> str:
+    """Model Analyzer's best configuration against the hand-tuned best, both at the search's
+    p95 budget, in words drawn from the two rows (throughput, the level each was measured
+    at, and the search's own limits)."""
+    budget = found.settings.p95_budget_ms
+    ours, theirs = best_within(hand, budget), best_within(found.points, budget)
+    if theirs is None:
+        return (f"No configuration Model Analyzer measured kept p95 within {budget:g} ms: "
+                "nothing to compare.")
+    text = (f"Within a p95 of {budget:g} ms, Model Analyzer's best was {theirs['variant']} "
+            f"({theirs['instance group']}, max batch {int(theirs['max batch size'])}, dynamic "
+            f"batching {'on' if theirs['dynamic batching'] else 'off'}): "
+            f"{theirs[results.THROUGHPUT]:.1f} infer/s at concurrency "
+            f"{int(theirs['concurrency'])}, p95 {theirs['p95 latency (ms)']:.1f} ms.")
+    if ours is None:
+        return text + (f" No hand-tuned level of this course run kept p95 within {budget:g} "
+                       "ms.")
+    text += (f" The hand-tuned best was '{ours['variant']}': {ours[results.THROUGHPUT]:.1f} "
+             f"infer/s at concurrency {int(ours['concurrency'])}, p95 "
+             f"{ours['p95 latency (ms)']:.1f} ms.")
+    ratio = theirs[results.THROUGHPUT] / ours[results.THROUGHPUT]
+    if abs(ratio - 1) <= SAME_WITHIN:
+        verdict = (f"Neither beat the other clearly: {ratio:.2f}x, within the "
+                   f"{SAME_WITHIN:.0%} by which two measurements of one config may differ")
+    elif ratio > 1:
+        verdict = f"Model Analyzer beat the hand-tuned best: {ratio:.2f}x its throughput"
+    else:
+        verdict = f"Model Analyzer did not beat the hand-tuned best: {ratio:.2f}x its throughput"
+    text += f" {verdict}."
+    limits = found.settings
+    if int(ours["concurrency"]) > limits.max_concurrency:
+        text += (f" Its search went up to concurrency {limits.max_concurrency}; the hand-tuned "
+                 f"best was measured with {int(ours['concurrency'])} clients.")
+    return text
+
+
+#: Where `save` keeps the best configuration of the last search, named food_classifier, for
+#: `make serve VARIANT=analyzer` (serving.configs.classifier_variant reads it).
+def best_config_path() -> Path:
+    return configs.analyzer_best_path()
+
+
+def save(found: Search, model: str = "food_classifier") -> list[Path]:
+    """Put the search into the course's results: one saved run per configuration Model
+    Analyzer measured (variant 'Model Analyzer: <config> (<runtime>)', so `results.table()`,
+    the comparison and the hand-in see them), and its best configuration within the p95 budget
+    as `best_config_path()`, renamed `model`. Returns the files written."""
+    from google.protobuf import json_format
+
+    written = []
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for variant, rows in found.points.groupby("variant", sort=False):
+        df = pd.DataFrame({
+            "concurrency": rows["concurrency"].astype(int),
+            results.THROUGHPUT: rows[results.THROUGHPUT],
+            results.P95: rows["p95 latency (ms)"] * 1000,
+            results.P99: rows["p99 latency (ms)"] * 1000,
+            "server queue (us)": rows["server queue (ms)"] * 1000,
+            "server compute infer (us)": rows["server compute infer (ms)"] * 1000,
+            "measurement_mode": "Model Analyzer",
+        }).reset_index(drop=True)
+        cfg = found.configs.get(variant)
+        meta = {
+            "variant": variant, "model": model, "mode": "embedded",
+            "device": "cpu", "gpu_config_on_cpu": False, "machine": devices.machine(),
+            "server_version": None,
+            "config": (json_format.MessageToDict(cfg, preserving_proto_field_name=True)
+                       if cfg is not None else None),
+            "concurrency": sorted(df["concurrency"].unique().tolist()),
+            "measurement_ms": found.settings.measurement_ms,
+            "quick": settings.quick_mode(), "date": date,
+            "commands": [f"model-analyzer profile ({found.settings.mode} search)"],
+            "notes": f"Model Analyzer {found.settings.mode} search, runtime "
+                     f"{rows['runtime'].iloc[0]}, p95 budget {found.settings.p95_budget_ms:g} ms",
+        }
+        written.append(results.save_run(results.PerfRun(df=df, meta=meta, raw={},
+                                                        metrics=pd.DataFrame())))
+    best = best_within(found.points, found.settings.p95_budget_ms)
+    if best is not None and best["variant"] in found.configs:
+        cfg = configs.mc.ModelConfig()
+        cfg.CopyFrom(found.configs[best["variant"]])
+        cfg.name = model
+        path = best_config_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, configs.render(cfg, source=f"Model Analyzer's {best['variant']}",
+                                          regenerate="notebook 09 (analyzer.save)"))
+        written.append(path)
+    return written
+
+
+def summary(found: Search) -> pd.DataFrame:
+    """One row per configuration Model Analyzer measured: runtime, instances, max batch size,
+    dynamic batching, and its highest throughput within the p95 budget (with that level's
+    concurrency and p95), best first."""
+    budget = found.settings.p95_budget_ms
+    rows = []
+    for _variant, points in found.points.groupby("variant", sort=False):
+        top = best_within(points, budget)
+        first = points.iloc[0]
+        rows.append({"configuration": first["config name"], "runtime": first["runtime"],
+                     "instance group": first["instance group"],
+                     "max batch size": int(first["max batch size"]),
+                     "dynamic batching": bool(first["dynamic batching"]),
+                     "levels measured": len(points),
+                     f"best infer/s within p95 {budget:g} ms":
+                         None if top is None else round(top[results.THROUGHPUT], 1),
+                     "at concurrency": None if top is None else int(top["concurrency"]),
+                     "p95 (ms)": None if top is None else round(top["p95 latency (ms)"], 1)})
+    out = pd.DataFrame(rows)
+    return out.sort_values(out.columns[6], ascending=False, na_position="last").reset_index(
+        drop=True)
