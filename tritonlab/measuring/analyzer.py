@@ -38,15 +38,21 @@ VENV = settings.ROOT / ".venv-analyzer"
 #: table, followed by its own config name ('food_classifier_config_3').
 VARIANT_PREFIX = "Model Analyzer: "
 
-#: Model Analyzer's result fields the course reads (its `inference_output_fields`), and the
-#: course's column for each.
+#: Model Analyzer's result fields the course reads (its `inference_output_fields`), each with
+#: the header its CSV gives it (its record types' header(), read from model_analyzer 1.46.0's
+#: own code) and the course's column for it.
 FIELDS = {
-    "model_name": "model", "batch_size": "batch size", "concurrency": "concurrency",
-    "model_config_path": "config name", "instance_group": "instance group",
-    "max_batch_size": "max batch size", "satisfies_constraints": "satisfies constraints",
-    "perf_throughput": results.THROUGHPUT, "perf_latency_p95": "p95 latency (ms)",
-    "perf_latency_p99": "p99 latency (ms)", "perf_server_queue": "server queue (ms)",
-    "perf_server_compute_infer": "server compute infer (ms)",
+    "model_name": ("Model", "model"), "batch_size": ("Batch", "batch size"),
+    "concurrency": ("Concurrency", "concurrency"),
+    "model_config_path": ("Model Config Path", "config name"),
+    "instance_group": ("Instance Group", "instance group"),
+    "max_batch_size": ("Max Batch Size", "max batch size"),
+    "satisfies_constraints": ("Satisfies Constraints", "satisfies constraints"),
+    "perf_throughput": ("Throughput (infer/sec)", results.THROUGHPUT),
+    "perf_latency_p95": ("p95 Latency (ms)", "p95 latency (ms)"),
+    "perf_latency_p99": ("p99 Latency (ms)", "p99 latency (ms)"),
+    "perf_server_queue": ("Server Queue time (ms)", "server queue (ms)"),
+    "perf_server_compute_infer": ("Server Compute Infer time (ms)", "server compute infer (ms)"),
 }
 
 
@@ -185,20 +191,6 @@ class Search:
     folder: Path
     log: list[str] = field(default_factory=list)
 
-
-#: Model Analyzer's CSV header for each result field the course reads (its record types'
-#: header(): read from model_analyzer 1.46.0's own code).
-HEADERS = {
-    "Model": "model", "Batch": "batch size", "Concurrency": "concurrency",
-    "Model Config Path": "config name", "Instance Group": "instance group",
-    "Max Batch Size": "max batch size", "Satisfies Constraints": "satisfies constraints",
-    "Throughput (infer/sec)": results.THROUGHPUT, "p95 Latency (ms)": "p95 latency (ms)",
-    "p99 Latency (ms)": "p99 latency (ms)", "Server Queue time (ms)": "server queue (ms)",
-    "Server Compute Infer time (ms)": "server compute infer (ms)",
-}
-
-
-
 def read_results(folder: Path, runtime: str, budget_ms: float) -> pd.DataFrame:
     """Model Analyzer's inference results (`<folder>/results/metrics-model-inference.csv`) in
     the course's columns, with each configuration's own config.pbtxt read for its dynamic
@@ -209,7 +201,8 @@ def read_results(folder: Path, runtime: str, budget_ms: float) -> pd.DataFrame:
         raise AnalyzerError(f"Model Analyzer wrote no results ({path} is missing): see its log "
                             "above, and its Triton's log in " + str(folder / "tritonserver.log"))
     raw = pd.read_csv(path)
-    df = raw.rename(columns={k: v for k, v in HEADERS.items() if k in raw.columns})
+    df = raw.rename(columns={header: column for header, column in FIELDS.values()
+                             if header in raw.columns})
     df["runtime"] = runtime
     df["variant"] = VARIANT_PREFIX + df["config name"] + f" ({runtime})"
     batching = {}
