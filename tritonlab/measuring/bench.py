@@ -383,7 +383,7 @@ def ensemble_overhead(server, repeats: int, calls: int = 10) -> dict:
 
 
 #: The p95 budget Model Analyzer's best and the hand-tuned fastest variant are compared at.
-ANALYZER_BUDGET_MS = 50.0
+ANALYZER_BUDGET_MS = analyzer.P95_BUDGET_MS
 
 
 def model_analyzer(fastest: dict, window_ms: int, folder: Path) -> dict:
