@@ -70,7 +70,7 @@ def _points(rows):
 
 def _search(points, budget=50.0, max_concurrency=4):
     opts = analyzer.SearchSettings(p95_budget_ms=budget, max_concurrency=max_concurrency)
-    return analyzer.Search(points=points, configs={}, settings=opts, seconds=1.0, folder=None)
+    return analyzer.Search(points=points, configs={}, settings=opts, seconds=1.0)
 
 
 def test_the_best_keeps_the_budget_and_the_words_follow_the_numbers():

@@ -85,3 +85,26 @@ def test_perf_run_splits_an_ensemble_by_step_and_sums_their_queues(triton):
     queued = run.df.iloc[0]["server queue (us)"]
     assert queued == steps["server queue (us)"].sum()
     assert queued > 0  # two requests in flight on one instance each: someone waits
+
+
+def test_a_step_with_a_smaller_max_batch_size_keeps_the_ensemble_served(triton, images):
+    """Triton unloads an ensemble whose max_batch_size exceeds a step's (as a Model Analyzer
+    config of max_batch_size 1 would make it): deploying such a step lowers the ensemble's to
+    fit, and putting the step back brings the committed ensemble back."""
+    from tritonlab.serving import clients, deploy
+
+    small = configs.classifier_variant("baseline")
+    small.max_batch_size = 1
+    try:
+        deploy.deploy(triton, small)
+        states = {m["name"]: m["state"] for m in triton.model_states()}
+        assert states["food_captioning"] == "READY"
+        served = configs.read_config(triton.model_repository / "food_captioning" / "config.pbtxt")
+        assert served.max_batch_size == 1
+        assert clients.caption(triton.http_url, images[:1])[0].caption
+    finally:
+        deploy.restore_baseline(triton)
+    served = configs.read_config(triton.model_repository / "food_captioning" / "config.pbtxt")
+    assert served == configs.course_configs()["food_captioning"]
+    assert clients.caption(triton.http_url, images[:2])[1].caption  # two in one request again
+    assert configs.fitted_ensembles(triton.model_repository, "food_classifier") == []

@@ -59,6 +59,11 @@ def _serve(args) -> int:
     server = EmbeddedTriton(attach=False)
     cfg, banner = deploy.prepare_variant(args.variant, server.model_repository)
     path = configs.write_config(cfg, server.model_repository, **banner)
+    for ensemble in configs.fitted_ensembles(server.model_repository, cfg.name):
+        configs.write_config(ensemble, server.model_repository,
+                             source=configs.course_source(ensemble.name),
+                             regenerate="make configs", notes=configs.COURSE_NOTES[ensemble.name])
+        print(f"{ensemble.name}: max_batch_size {ensemble.max_batch_size}, to fit '{cfg.name}'")
     print(f"food_classifier: variant '{args.variant}' ({path})"
           + ("" if args.variant == "baseline" else
              "; `make configs` puts the committed baseline back"))

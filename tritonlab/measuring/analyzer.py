@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -186,21 +187,23 @@ class Search:
     `points`: one row per configuration and concurrency level Model Analyzer measured, in the
     course's columns (variant, runtime, config name, instances, max batch size, dynamic
     batching, concurrency, throughput, p95/p99 latency, server queue and compute, in ms where
-    the name says so; 'within budget': p95 at most the budget). `configs`: each configuration
-    Model Analyzer wrote, by variant name. `log`: the lines it printed."""
+    the name says so). `configs`: each configuration Model Analyzer wrote, by variant name."""
 
     points: pd.DataFrame
     configs: dict[str, object]
     settings: SearchSettings
     seconds: float
-    folder: Path
-    log: list[str] = field(default_factory=list)
 
-def read_results(folder: Path, runtime: str, budget_ms: float) -> pd.DataFrame:
+def variant_name(config_name: str, runtime: str) -> str:
+    """The course's variant name for one configuration Model Analyzer measured."""
+    return f"{VARIANT_PREFIX}{config_name} ({runtime})"
+
+
+def read_results(folder: Path, runtime: str) -> pd.DataFrame:
     """Model Analyzer's inference results (`<folder>/results/metrics-model-inference.csv`) in
-    the course's columns, with each configuration's own config.pbtxt read for its dynamic
-    batching; one row per configuration and concurrency level. Raises AnalyzerError when the
-    file is missing (the run's log says why)."""
+    the course's columns (FIELDS), one row per configuration and concurrency level, with the
+    runtime and variant name. Raises AnalyzerError when the file is missing (the run's log
+    says why)."""
     path = folder / "results" / "metrics-model-inference.csv"
     if not path.exists():
         raise AnalyzerError(f"Model Analyzer wrote no results ({path} is missing): see its log "
@@ -209,14 +212,7 @@ def read_results(folder: Path, runtime: str, budget_ms: float) -> pd.DataFrame:
     df = raw.rename(columns={header: column for header, column in FIELDS.values()
                              if header in raw.columns})
     df["runtime"] = runtime
-    df["variant"] = VARIANT_PREFIX + df["config name"] + f" ({runtime})"
-    batching = {}
-    for name in df["config name"].unique():
-        cfg_path = folder / "output_models" / name / "config.pbtxt"
-        cfg = configs.read_config(cfg_path) if cfg_path.exists() else None
-        batching[name] = (cfg is not None and cfg.HasField("dynamic_batching"))
-    df["dynamic batching"] = df["config name"].map(batching)
-    df["within budget"] = df["p95 latency (ms)"] <= budget_ms
+    df["variant"] = [variant_name(name, runtime) for name in df["config name"]]
     return df.sort_values(["config name", "concurrency"]).reset_index(drop=True)
 
 
@@ -244,7 +240,7 @@ def search(opts: SearchSettings | None = None, model: str = "food_classifier",
     opts = opts or SearchSettings.for_course()
     binary()  # installed?
     folder = Path(folder or settings.output_dir() / "model-analyzer")
-    frames, found, lines = [], {}, []
+    frames, found = [], {}
     began = time.monotonic()
     for runtime in opts.runtimes:
         work = folder / runtime
@@ -267,31 +263,38 @@ def search(opts: SearchSettings | None = None, model: str = "food_classifier",
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env=environment(), cwd=work,
                                 start_new_session=True)
-        start = time.monotonic()
+        watchdog = threading.Timer(limit, proc.kill)  # stops it even when it prints nothing
+        watchdog.start()
+        start, lines = time.monotonic(), []
         assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line.rstrip())
-            shown = _progress_line(line)
-            if shown and progress:
-                print(f"[{time.monotonic() - start:5.0f} s] {runtime}: {shown}", flush=True)
-            if time.monotonic() - start > limit:
-                proc.kill()
-                break
-        code = proc.wait()
+        try:
+            for line in proc.stdout:
+                lines.append(line.rstrip())
+                shown = _progress_line(line)
+                if shown and progress:
+                    print(f"[{time.monotonic() - start:5.0f} s] {runtime}: {shown}", flush=True)
+            code = proc.wait()
+        finally:
+            watchdog.cancel()
         if code != 0:
             tail = "\n".join(lines[-15:])
-            raise AnalyzerError(f"Model Analyzer ({runtime}) exited with {code} after "
+            late = f" (stopped after its limit of {limit} s)" if code == -9 else ""
+            raise AnalyzerError(f"Model Analyzer ({runtime}) exited with {code}{late} after "
                                 f"{time.monotonic() - start:.0f} s; its last lines:\n{tail}\n"
                                 f"Its Triton's log: {work / 'export' / 'tritonserver.log'}")
-        frame = read_results(work / "export", runtime, opts.p95_budget_ms)
-        frames.append(frame)
+        frame = read_results(work / "export", runtime)
+        written = {}  # each configuration Model Analyzer wrote, read once
         for name in frame["config name"].unique():
             path = work / "export" / "output_models" / name / "config.pbtxt"
             if path.exists():
-                found[VARIANT_PREFIX + f"{name} ({runtime})"] = configs.read_config(path)
+                written[name] = configs.read_config(path)
+        frame["dynamic batching"] = [name in written and written[name].HasField(
+            "dynamic_batching") for name in frame["config name"]]
+        frames.append(frame)
+        found.update({variant_name(name, runtime): cfg for name, cfg in written.items()})
     points = pd.concat(frames, ignore_index=True)
     return Search(points=points, configs=found, settings=opts,
-                  seconds=time.monotonic() - began, folder=folder, log=lines)
+                  seconds=time.monotonic() - began)
 
 
 def best_within(points: pd.DataFrame, budget_ms: float) -> pd.Series | None:
@@ -328,9 +331,10 @@ def compare(found: Search, hand: pd.DataFrame) -> str:
     if theirs is None:
         return (f"No configuration Model Analyzer measured kept p95 within {budget:g} ms: "
                 "nothing to compare.")
-    text = (f"Within a p95 of {budget:g} ms, Model Analyzer's best was {theirs['variant']} "
-            f"({theirs['instance group']}, max batch {int(theirs['max batch size'])}, dynamic "
-            f"batching {'on' if theirs['dynamic batching'] else 'off'}): "
+    text = (f"Within a p95 of {budget:g} ms, Model Analyzer's best was "
+            f"{theirs['config name']} ({theirs['runtime']}; {theirs['instance group']}, max "
+            f"batch {int(theirs['max batch size'])}, dynamic batching "
+            f"{'on' if theirs['dynamic batching'] else 'off'}): "
             f"{theirs[results.THROUGHPUT]:.1f} infer/s at concurrency "
             f"{int(theirs['concurrency'])}, p95 {theirs['p95 latency (ms)']:.1f} ms.")
     if ours is None:
@@ -355,17 +359,12 @@ def compare(found: Search, hand: pd.DataFrame) -> str:
     return text
 
 
-#: Where `save` keeps the best configuration of the last search, named food_classifier, for
-#: `make serve VARIANT=analyzer` (serving.configs.classifier_variant reads it).
-def best_config_path() -> Path:
-    return configs.analyzer_best_path()
-
-
 def save(found: Search, model: str = "food_classifier") -> list[Path]:
     """Put the search into the course's results: one saved run per configuration Model
     Analyzer measured (variant 'Model Analyzer: <config> (<runtime>)', so `results.table()`,
     the comparison and the hand-in see them), and its best configuration within the p95 budget
-    as `best_config_path()`, renamed `model`. Returns the files written."""
+    as `configs.analyzer_best_path()`, renamed `model` (what `make serve VARIANT=analyzer`
+    serves). Returns the files written."""
     from google.protobuf import json_format
 
     written = []
@@ -401,7 +400,7 @@ def save(found: Search, model: str = "food_classifier") -> list[Path]:
         cfg = configs.mc.ModelConfig()
         cfg.CopyFrom(found.configs[best["variant"]])
         cfg.name = model
-        path = best_config_path()
+        path = configs.analyzer_best_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, configs.render(cfg, source=f"Model Analyzer's {best['variant']}",
                                           regenerate="notebook 09 (analyzer.save)"))
@@ -414,6 +413,7 @@ def summary(found: Search) -> pd.DataFrame:
     dynamic batching, and its highest throughput within the p95 budget (with that level's
     concurrency and p95), best first."""
     budget = found.settings.p95_budget_ms
+    best = f"best infer/s within p95 {budget:g} ms"
     rows = []
     for _variant, points in found.points.groupby("variant", sort=False):
         top = best_within(points, budget)
@@ -423,10 +423,8 @@ def summary(found: Search) -> pd.DataFrame:
                      "max batch size": int(first["max batch size"]),
                      "dynamic batching": bool(first["dynamic batching"]),
                      "levels measured": len(points),
-                     f"best infer/s within p95 {budget:g} ms":
-                         None if top is None else round(top[results.THROUGHPUT], 1),
+                     best: None if top is None else round(top[results.THROUGHPUT], 1),
                      "at concurrency": None if top is None else int(top["concurrency"]),
                      "p95 (ms)": None if top is None else round(top["p95 latency (ms)"], 1)})
-    out = pd.DataFrame(rows)
-    return out.sort_values(out.columns[6], ascending=False, na_position="last").reset_index(
-        drop=True)
+    out = pd.DataFrame(rows).astype({"at concurrency": "Int64"})  # no level: <NA>, not 4.0
+    return out.sort_values(best, ascending=False, na_position="last").reset_index(drop=True)

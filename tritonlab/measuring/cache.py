@@ -90,49 +90,47 @@ def _executions(url: str, models: Sequence[str]) -> float:
 
 
 def timed_request(url: str, model: str, image: bytes,
-                  executed: Sequence[str] | None = None) -> dict:
+                  executed: Sequence[str] | None = None, failures: bool = False) -> dict:
     """Send one image in one request; its latency at the client and what Triton counted for it.
 
     Returns 'latency (ms)', 'answer' (label and probability, and the caption for the
     ensemble), 'cache' ('hit', 'miss' or 'not cached', from the change in Triton's counters)
     and 'executions': the runs of the models named in `executed` (default: `model`; for an
-    ensemble, name its steps) that the request caused."""
+    ensemble, name its steps) that the request caused. A failed request raises Triton's
+    InferenceServerException or clients.EmptyAnswer; with `failures`, its 'answer' is the
+    error's status and message instead."""
+    from tritonclient.utils import InferenceServerException
+
     ask = _client_for(model)
     executed = list(executed or [model])
     before, runs = counters(url, model), _executions(url, executed)
     start = time.perf_counter()
-    result = ask(url, [image])[0]
+    try:
+        answer = _answer(ask(url, [image])[0])
+    except InferenceServerException as exc:
+        if not failures:
+            raise
+        answer = f"error {exc.status()}: {exc.message()}"
+    except clients.EmptyAnswer as exc:
+        if not failures:
+            raise
+        answer = f"EmptyAnswer: {exc}"
     latency_ms = (time.perf_counter() - start) * 1000
     change = _change(before, counters(url, model))
     cache = ("hit" if change["cache hits"] else "miss" if change["cache misses"]
              else "not cached")
-    return {"latency (ms)": latency_ms, "answer": _answer(result), "cache": cache,
+    return {"latency (ms)": latency_ms, "answer": answer, "cache": cache,
             "executions": int(_executions(url, executed) - runs)}
 
 
 def repeat_request(url: str, model: str, data: bytes, times: int = 2) -> pd.DataFrame:
     """Send the same bytes `times` times and record each outcome, failures included: one row per
-    request with 'latency (ms)', 'outcome' (the answer, or the error's type and message) and
-    'cache' as Triton counted it. Shows what the cache does with a request that fails."""
-    from tritonclient.utils import InferenceServerException
-
-    rows = []
-    for n in range(1, times + 1):
-        before = counters(url, model)
-        start = time.perf_counter()
-        try:
-            outcome = _answer(_client_for(model)(url, [data])[0])
-        except InferenceServerException as exc:
-            outcome = f"error {exc.status()}: {exc.message()}"
-        except clients.EmptyAnswer as exc:
-            outcome = f"EmptyAnswer: {exc}"
-        latency_ms = (time.perf_counter() - start) * 1000
-        change = _change(before, counters(url, model))
-        cache = ("hit" if change["cache hits"] else "miss" if change["cache misses"]
-                 else "not cached")
-        rows.append({"request": n, "latency (ms)": latency_ms, "cache": cache,
-                     "outcome": outcome})
-    return pd.DataFrame(rows)
+    request with 'latency (ms)', 'cache' as Triton counted it and 'outcome' (the answer, or
+    the error's status and message). Shows what the cache does with a request that fails."""
+    rows = [timed_request(url, model, data, failures=True) for _ in range(times)]
+    return pd.DataFrame([{"request": n, "latency (ms)": row["latency (ms)"],
+                          "cache": row["cache"], "outcome": row["answer"]}
+                         for n, row in enumerate(rows, start=1)])
 
 
 def hit_and_miss(url: str, model: str, images: Sequence[Path | bytes], rounds: int = 2,

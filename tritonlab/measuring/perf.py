@@ -396,19 +396,25 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
             csv_path = Path(f"c{level}.csv")
             group = answer_group(server, model, level) if opts.adapt_windows else 1
             window = plan_window(opts, rate, group, level)
+            def once(count: int, attempt: int, limit: float, level: int = level,
+                     csv_path: Path = csv_path) -> tuple[list[str], str, bool]:
+                """This level measured by one perf_analyzer run over `count` requests, with no
+                stability windows: (command, output, whether it succeeded)."""
+                cmd = command(url, model, level, csv_path, opts, server.metrics_url,
+                              request_count=count)
+                began = time.monotonic()
+                proc = _run_perf(cmd, env, workdir, limit, server, model, level)
+                timed(level, "measurement", attempt, began)
+                return (cmd, proc.stdout + proc.stderr,
+                        proc.returncode == 0 and (workdir / csv_path).exists())
+
             if not opts.stability_windows:
                 count = window_requests(opts, group, level)
                 log.info(f"concurrency {level}: measuring {count} requests once, without "
                          "stability windows (quick mode): read it as a rough figure.")
-                cmd = command(url, model, level, csv_path, opts, server.metrics_url,
-                              request_count=count)
-                began = time.monotonic()
                 # a generous limit: each of `count` requests may take minutes on a busy machine
-                proc = _run_perf(cmd, env, workdir, max(600.0, count * 60.0), server, model,
-                                 level)
-                timed(level, "measurement", 1, began)
-                output = proc.stdout + proc.stderr
-                if proc.returncode != 0 or not (workdir / csv_path).exists():
+                cmd, output, ok = once(count, 1, max(600.0, count * 60.0))
+                if not ok:
                     raise PerfError(
                         f"perf_analyzer failed at concurrency {level} for '{model}': "
                         + (_server_state(server) or explain_failure(output, model, opts, window))
@@ -461,13 +467,7 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
                                      f"{window.stability_percent}%; measuring {count} requests "
                                      "once, without stability windows: read it as a rough "
                                      "figure.")
-                            cmd = command(url, model, level, csv_path, opts, server.metrics_url,
-                                          request_count=count)
-                            began = time.monotonic()
-                            proc = _run_perf(cmd, env, workdir, limit, server, model, level)
-                            timed(level, "measurement", attempt + 1, began)
-                            output = proc.stdout + proc.stderr
-                            ok = proc.returncode == 0 and (workdir / csv_path).exists()
+                            cmd, output, ok = once(count, attempt + 1, limit)
                             if ok:
                                 measured, mode = request_count(output), UNSTABLE_MODE
                                 break

@@ -556,6 +556,32 @@ def course_configs() -> dict[str, mc.ModelConfig]:
     return configs
 
 
+def fitted_ensembles(repository: Path | str, changed: str) -> list[mc.ModelConfig]:
+    """The course's ensembles in `repository` that use model `changed` as a step and whose
+    config on disk no longer fits their steps' configs on disk: each returned with its
+    committed config and a max_batch_size of at most every step's (the committed one again
+    when all steps allow it). Triton unloads an ensemble whose max_batch_size exceeds a step's
+    and does not load it again (server 2.51: "ensemble food_captioning allows maximum batch size
+    8, but it contains model food_classifier which only allows maximum batch size to be 1"), so
+    whatever writes a step's config writes these too (`deploy.deploy`, `make serve`)."""
+    repository = Path(repository)
+    fitted = []
+    for name, committed in course_configs().items():
+        steps = [s.model_name for s in committed.ensemble_scheduling.step]
+        path = repository / name / "config.pbtxt"
+        if committed.platform != "ensemble" or changed not in steps or not path.exists():
+            continue
+        step_sizes = [read_config(repository / s / "config.pbtxt").max_batch_size
+                      for s in steps if (repository / s / "config.pbtxt").exists()]
+        wanted = min([committed.max_batch_size, *[m for m in step_sizes if m > 0]])
+        if read_config(path).max_batch_size != wanted:
+            cfg = mc.ModelConfig()
+            cfg.CopyFrom(committed)
+            cfg.max_batch_size = wanted
+            fitted.append(cfg)
+    return fitted
+
+
 def course_source(name: str) -> str:
     """How the committed config of `name` is built, for its banner."""
     return f"tritonlab.serving.configs.course_configs()['{name}']"

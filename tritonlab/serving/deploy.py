@@ -52,6 +52,11 @@ def deploy(server, cfg: mc.ModelConfig, how: str = "reload", source: str = "a co
     else:
         seconds = server.restart(timeout=180)
     log.info(f"'{cfg.name}' ready after {how}: {seconds:.1f} s")
+    for ensemble in configs.fitted_ensembles(server.model_repository, cfg.name):
+        log.info(f"'{ensemble.name}' uses '{cfg.name}' as a step: its max_batch_size becomes "
+                 f"{ensemble.max_batch_size} so that Triton keeps serving it")
+        seconds += deploy(server, ensemble, how="reload", source=configs.course_source(
+            ensemble.name), regenerate="make configs", notes=configs.COURSE_NOTES[ensemble.name])
     return seconds
 
 
