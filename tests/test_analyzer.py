@@ -13,6 +13,7 @@ import yaml
 from tritonlab import settings
 from tritonlab.measuring import analyzer, results
 from tritonlab.serving import configs
+from tritonlab.serving.embedded import EmbeddedTriton
 from tritonlab.settings import TritonAddress
 
 
@@ -28,20 +29,28 @@ def test_a_missing_model_analyzer_says_how_to_install_it(monkeypatch, tmp_path):
         analyzer.binary()
 
 
-def test_model_analyzer_reads_the_config_the_course_writes(tmp_path):
-    """Model Analyzer's own config parser (in its venv) takes every option the course sets;
-    an option it does not know makes it stop with an error naming it."""
+@pytest.mark.parametrize("where", ["here", "gpu node"])
+def test_model_analyzer_reads_the_config_the_course_writes(tmp_path, where):
+    """Model Analyzer's own config parser (in its venv) takes every option the course sets,
+    here (CPU only) and for the GPU node (GPU instances); an option it does not know makes it
+    stop with an error naming it."""
     opts = analyzer.SearchSettings.for_course(p95_budget_ms=50)
+    launch = (analyzer.Launch.here(tmp_path / "backends") if where == "here"
+              else analyzer.Launch.gpu_node())
     config = analyzer.profile_config(settings.model_repository(), tmp_path / "out", opts,
-                                     TritonAddress.free(), tmp_path / "backends")
+                                     TritonAddress.free(), launch)
     (tmp_path / "out").mkdir()
     python = analyzer.binary().parent / "python"
-    check = ("import sys; from model_analyzer.cli.cli import CLI; "
+    # Model Analyzer keeps `cpu_only: false` only where numba finds CUDA (it turns every model
+    # cpu_only otherwise): for the GPU node's config, its parser is told that it does
+    gpu = "import numba.cuda; numba.cuda.is_available = lambda: True; " * (where == "gpu node")
+    check = (gpu + "import sys; from model_analyzer.cli.cli import CLI; "
              "from model_analyzer.config.input.config_command_profile import "
              "ConfigCommandProfile; cfg = ConfigCommandProfile(); cli = CLI(); "
              "cli.add_subcommand(cmd='profile', help='', config=cfg); "
              "cli.parse(); print('parsed', cfg.run_config_search_mode, "
-             "cfg.constraints, cfg.profile_models[0].cpu_only())")
+             "cfg.constraints, 'cpu_only', cfg.profile_models[0].cpu_only(), 'gpus', cfg.gpus, "
+             "'server', cfg.triton_server_path)")
 
     def parse(conf: dict) -> subprocess.CompletedProcess:
         path = tmp_path / "profile.yaml"
@@ -49,12 +58,81 @@ def test_model_analyzer_reads_the_config_the_course_writes(tmp_path):
         return subprocess.run([str(python), "-c", check, "profile", "-f", str(path)],
                               capture_output=True, text=True, timeout=120)
 
+    if where == "gpu node":  # its parser stats perf_analyzer: the image's is not on this machine
+        assert config["perf_analyzer_path"] == analyzer.IMAGE_PERF_ANALYZER
+        config["perf_analyzer_path"] = analyzer.Launch.here(tmp_path).perf_analyzer
     good = parse(config)
     assert good.returncode == 0, good.stdout + good.stderr
-    assert "parsed quick" in good.stdout and "50" in good.stdout and "True" in good.stdout
+    assert "parsed quick" in good.stdout and "50" in good.stdout
+    if where == "here":
+        assert "cpu_only True" in good.stdout
+        assert f"server {EmbeddedTriton().binary()}" in good.stdout
+    else:  # every GPU the Triton container sees, its own tritonserver
+        assert "cpu_only False gpus ['all']" in good.stdout
+        assert f"server {analyzer.IMAGE_SERVER}" in good.stdout
     bad = parse({**config, "run_config_search_max_instances": 2})  # not an option of 1.46
     assert bad.returncode != 0
     assert "run_config_search_max_instances" in bad.stdout + bad.stderr
+
+
+FAKE_DOCKER = """#!/bin/sh
+# `docker exec <container> <command...>`: runs the command here, records the container
+echo "$1 $2" >> "$DOCKER_CALLS"
+shift 2
+exec "$@"
+"""
+
+
+def test_on_the_gpu_node_model_analyzer_runs_in_the_triton_image(tmp_path, monkeypatch):
+    """On the GPU node (TRITONLAB_MODE=docker) Model Analyzer runs in compose.yaml's Triton
+    container, from the virtual environment Dockerfile.triton makes, with the perf_analyzer of
+    the image's tritonclient pin; `docker exec` passes its arguments unchanged, keeps the
+    image's LD_LIBRARY_PATH, and a run past its limit is stopped in the container (124)."""
+    from importlib import metadata
+
+    from tritonlab.serving import images
+
+    monkeypatch.setenv("TRITONLAB_MODE", "docker")
+    launch = analyzer.Launch.for_this_machine(tmp_path / "state")
+    assert launch.gpus and launch.command[:3] == ("docker", "exec", "triton")
+    compose = yaml.safe_load((settings.ROOT / "compose.yaml").read_text())["services"]
+    assert compose["triton"]["container_name"] == "triton"
+    # both containers see the course folder under one name (the files Model Analyzer reads
+    # and writes): the Jupyter container's mount
+    assert ".:/workspace" in compose["triton"]["volumes"]
+    assert ".:/workspace" in compose["jupyter"]["volumes"]
+
+    triton = images.image("triton")
+    runs = [words for word, args in images.instructions(triton.path) if word == "RUN"
+            for words in images._commands(args)]
+    venv = next(w[-1] for w in runs if w[:3] == ["python3", "-m", "venv"])
+    assert analyzer.IMAGE_ANALYZER == f"{venv}/bin/model-analyzer"
+    assert any(w[0] == f"{venv}/bin/pip" and "/tmp/model-analyzer.txt" in w for w in runs)
+    pins = (settings.ROOT / triton.requirements).read_text()
+    assert f"tritonclient=={metadata.version('tritonclient')}" in pins  # the server's release
+    # the wheel's perf_analyzer goes to <prefix>/bin: /usr/local/bin for the image's pip
+    assert any(str(f) == "../../../bin/perf_analyzer" for f in metadata.files("tritonclient"))
+    assert analyzer.IMAGE_PERF_ANALYZER == "/usr/local/bin/perf_analyzer"
+
+    docker, calls = tmp_path / "docker", tmp_path / "calls"
+    docker.write_text(FAKE_DOCKER)
+    docker.chmod(0o755)
+    monkeypatch.setenv("DOCKER_CALLS", str(calls))
+    fake = tmp_path / "model-analyzer"
+    fake.write_text('#!/bin/sh\necho "args:$*"\necho "libs:$LD_LIBRARY_PATH"\n'
+                    'if [ "$1" = slow ]; then sleep 30; fi\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(analyzer, "IMAGE_ANALYZER", str(fake))
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/image/libs")
+    launch = analyzer.Launch.gpu_node(docker=str(docker), limit_s=3)
+    out = subprocess.run([*launch.command, "profile", "-f", "/a b/profile.yaml"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "args:profile -f /a b/profile.yaml" in out.stdout
+    assert f"libs:/image/libs:{analyzer.IMAGE_CUDA_RUNTIME}" in out.stdout
+    assert calls.read_text().splitlines() == ["exec triton"]
+    late = subprocess.run([*launch.command, "slow"], capture_output=True, text=True, timeout=60)
+    assert late.returncode == 124
 
 
 def _points(rows):

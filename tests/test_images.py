@@ -111,7 +111,8 @@ def test_the_dockerfiles_install_exactly_what_the_check_reads():
         images.check_base(img)
         images.check_pip_steps(img)
     assert images.apt_packages(JUPYTER) == ["libb64-0d", "libpython3.11", "make", "docker.io"]
-    assert images.apt_packages(TRITON) == []
+    assert images.apt_packages(TRITON) == ["python3.10-venv", "libb64-0d"]
+    assert TRITON.venvs == ("requirements/model-analyzer.txt",)
     assert images.pip_arguments(TRITON) == ["-r", str(settings.ROOT / TRITON.requirements)]
     assert "nvidia-pytriton==0.7.0" in images.pip_arguments(JUPYTER)
 
@@ -127,9 +128,29 @@ def test_a_dockerfile_installing_around_the_file_is_refused(tmp_path, run, error
     dockerfile.write_text(f"FROM {TRITON.base}\n"
                           f"COPY {TRITON.requirements} /tmp/triton-image.txt\n"
                           f"RUN {run}\n")
-    img = dataclasses.replace(TRITON, dockerfile=str(dockerfile))
+    img = dataclasses.replace(TRITON, dockerfile=str(dockerfile), venvs=())
     with pytest.raises(images.ImageCheckError, match=re.escape(error)):
         images.check_pip_steps(img)
+
+
+def test_a_virtual_environment_copied_but_never_installed_is_refused(tmp_path):
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(f"FROM {TRITON.base}\n"
+                          f"COPY {TRITON.requirements} /tmp/triton-image.txt\n"
+                          "COPY requirements/model-analyzer.txt /tmp/model-analyzer.txt\n"
+                          "RUN pip install -r /tmp/triton-image.txt\n")
+    img = dataclasses.replace(TRITON, dockerfile=str(dockerfile))
+    with pytest.raises(images.ImageCheckError, match="never pip-installs it"):
+        images.check_pip_steps(img)
+
+
+@pytest.mark.network
+def test_model_analyzers_environment_resolves_in_the_triton_image():
+    """Model Analyzer's own virtual environment in the Triton image (notebook 09 on the GPU
+    node) resolves for the image's Python 3.10 and glibc 2.35, at the pinned release."""
+    found = asked(images.resolve_venvs, TRITON)
+    analyzer_env = found["requirements/model-analyzer.txt"]
+    assert analyzer_env["triton-model-analyzer"] == "1.46.0"
 
 
 def test_another_base_image_asks_for_its_facts(tmp_path):

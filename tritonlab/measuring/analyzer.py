@@ -1,5 +1,6 @@
 """Triton Model Analyzer from a cell: its automatic config search on the course's classifier, run
-on the embedded tritonserver (CPU only), its results read into the course's results table.
+on the embedded tritonserver (CPU only) here and on the GPUs on the GPU node, its results read
+into the course's results table.
 
 Model Analyzer (`model-analyzer profile`) starts its own Triton (launch mode `local`: the same
 `tritonserver` binary the course runs), writes one variant of the model's config at a time
@@ -9,6 +10,12 @@ them all (`brute`). It lives in its own virtual environment, `.venv-analyzer/` (
 install` from requirements/model-analyzer.txt): it needs a newer tritonclient than the course
 pins, and the release that matches server 2.51 (1.45.0) is not on the package index; 1.46.0 ran
 here against it.
+
+On the GPU node the same search runs inside compose.yaml's `triton` container (`Launch.gpu_node`):
+a Triton it launches must see the GPUs, and there, not in the Jupyter container, are the GPUs
+and a tritonserver. Dockerfile.triton installs Model Analyzer there, in a virtual environment of
+its own, and the course folder is mounted at the same path in both containers, so the files
+written on one side are read on the other. Its search then varies GPU instance counts (per GPU).
 """
 
 from __future__ import annotations
@@ -115,6 +122,68 @@ class SearchSettings:
         return cls(**kw)
 
 
+#: Inside the GPU node's Triton image (Dockerfile.triton): Model Analyzer's virtual environment,
+#: the image's own tritonserver, the perf_analyzer of tritonclient 2.51.0 (a pin of
+#: requirements/triton-image.txt: newer wheels need glibc 2.38, the image has 2.35; pip puts
+#: its programs in /usr/local/bin), and where the image's Python keeps the CUDA runtime that
+#: perf_analyzer links (torch's nvidia-cuda-runtime-cu12).
+IMAGE_ANALYZER = "/opt/model-analyzer/bin/model-analyzer"
+IMAGE_SERVER = "/opt/tritonserver/bin/tritonserver"
+IMAGE_PERF_ANALYZER = "/usr/local/bin/perf_analyzer"
+IMAGE_CUDA_RUNTIME = "/usr/local/lib/python3.10/dist-packages/nvidia/cuda_runtime/lib"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where Model Analyzer runs, and the Triton and perf_analyzer it starts (its launch mode is
+    `local` in both places: it starts a tritonserver of its own, next to it).
+
+    `here(backend_dir)`: this machine, the embedded tritonserver on the CPU (`cpu_only`).
+    `gpu_node()`: inside compose.yaml's `triton` container, through `docker exec`; the image's
+    tritonserver on every GPU the container sees, so the search varies GPU instance counts."""
+
+    where: str                      # 'here' or 'the triton container'
+    command: tuple[str, ...]        # what runs `model-analyzer`, before `profile -f <file>`
+    server: str                     # the tritonserver it launches
+    perf_analyzer: str
+    server_flags: dict[str, str]    # besides those profile_config always sets
+    server_environment: dict[str, str]
+    gpus: bool                      # search GPU instances (else cpu_only, no GPUs)
+
+    @classmethod
+    def here(cls, backend_dir: Path) -> Launch:
+        env = environment()
+        return cls(where="here", command=(str(binary()),),
+                   server=str(EmbeddedTriton().binary()), perf_analyzer=str(perf.binary()),
+                   server_flags={"backend-directory": str(backend_dir)},
+                   server_environment={key: env[key] for key in
+                                       ("LD_LIBRARY_PATH", "PATH", "PYTHONPATH") if key in env},
+                   gpus=False)
+
+    @classmethod
+    def gpu_node(cls, container: str = "triton", docker: str = "docker",
+                 limit_s: int = 7200) -> Launch:
+        """Model Analyzer in the `container` of compose.yaml. `timeout` (in the container) stops
+        it after `limit_s` seconds: stopping `docker exec` here would leave it running there.
+        The image's own LD_LIBRARY_PATH is kept, perf_analyzer's CUDA runtime added to it."""
+        run = (f'LD_LIBRARY_PATH="$LD_LIBRARY_PATH:{IMAGE_CUDA_RUNTIME}" exec timeout '
+               f'--signal=INT --kill-after=60 {limit_s} {IMAGE_ANALYZER} "$@"')
+        return cls(where=f"the {container} container", command=(
+            docker, "exec", container, "sh", "-c", run, "model-analyzer"),
+            server=IMAGE_SERVER, perf_analyzer=IMAGE_PERF_ANALYZER, server_flags={},
+            server_environment={}, gpus=True)
+
+    @classmethod
+    def for_this_machine(cls, state_dir: Path, limit_s: int = 7200) -> Launch:
+        """`gpu_node()` where the course drives Triton in Docker (TRITONLAB_MODE=docker, the GPU
+        node), else `here()` with a backend folder made in `state_dir`."""
+        from ..serving import choose_mode
+
+        if choose_mode()[0] == "docker":
+            return cls.gpu_node(limit_s=limit_s)
+        return cls.here(EmbeddedTriton(state_dir=state_dir)._backend_dir())
+
+
 def base_config(runtime: str) -> configs.mc.ModelConfig:
     """The classifier config a search starts from: one instance, no batching, every core
     (the classifier alone on the machine), the given runtime. Model Analyzer varies its
@@ -135,12 +204,12 @@ def environment() -> dict[str, str]:
 
 
 def profile_config(repository: Path, output: Path, opts: SearchSettings,
-                   address: TritonAddress, backend_dir: Path,
+                   address: TritonAddress, launch: Launch,
                    model: str = "food_classifier") -> dict:
-    """Model Analyzer's `profile` config for `model` in `repository`: local launch of the
-    embedded tritonserver bound to 127.0.0.1 on `address`'s ports, CPU only, the course's
-    perf_analyzer and perf input file, results under `output`."""
-    env = environment()
+    """Model Analyzer's `profile` config for `model` in `repository`: launch mode local, the
+    Triton and perf_analyzer of `launch` bound to 127.0.0.1 on `address`'s ports, CPU only
+    unless `launch.gpus` (then every GPU it sees, and instance groups of KIND_GPU), the course's
+    perf input file, results under `output`."""
     return {
         "model_repository": str(repository),
         "output_model_repository_path": str(output / "output_models"),
@@ -148,9 +217,9 @@ def profile_config(repository: Path, output: Path, opts: SearchSettings,
         "export_path": str(output),
         "checkpoint_directory": str(output / "checkpoints"),
         "triton_launch_mode": "local",
-        "triton_server_path": str(EmbeddedTriton().binary()),
+        "triton_server_path": launch.server,
         "triton_output_path": str(output / "tritonserver.log"),
-        "perf_analyzer_path": str(perf.binary()),
+        "perf_analyzer_path": launch.perf_analyzer,
         "perf_output": False,
         "perf_analyzer_flags": {
             "input-data": str(settings.PERF_INPUTS / "food_classifier_raw.json"),
@@ -160,18 +229,19 @@ def profile_config(repository: Path, output: Path, opts: SearchSettings,
         "triton_grpc_endpoint": f"127.0.0.1:{address.grpc}",
         "triton_metrics_url": f"http://127.0.0.1:{address.metrics}/metrics",
         "triton_server_flags": {
-            "backend-directory": str(backend_dir), "http-address": "127.0.0.1",
+            **launch.server_flags, "http-address": "127.0.0.1",
             "grpc-address": "127.0.0.1", "metrics-address": "127.0.0.1",
             "exit-on-error": "false",
         },
-        "triton_server_environment": {key: env[key] for key in
-                                      ("LD_LIBRARY_PATH", "PATH", "PYTHONPATH") if key in env},
-        "gpus": [],
+        "triton_server_environment": dict(launch.server_environment),
+        # every GPU it sees (also Model Analyzer's default, which an empty list gives too:
+        # `cpu_only` is what keeps a search on the CPU)
+        "gpus": ["all"],
         "run_config_search_mode": opts.mode,
         "run_config_search_max_concurrency": opts.max_concurrency,
         "run_config_search_max_instance_count": opts.max_instance_count,
         "run_config_search_max_model_batch_size": opts.max_model_batch_size,
-        "profile_models": {model: {"cpu_only": True}},
+        "profile_models": {model: {"cpu_only": not launch.gpus}},
         "objectives": {"perf_throughput": 10},
         "constraints": {"perf_latency_p95": {"max": opts.p95_budget_ms}},
         "inference_output_fields": list(FIELDS),
@@ -230,15 +300,20 @@ def search(opts: SearchSettings | None = None, model: str = "food_classifier",
     """Run Model Analyzer's search on `model`, once per runtime in `opts.runtimes`, each on a
     fresh copy of the model, and read what it measured.
 
-    Each run starts its own embedded Triton on free ports of 127.0.0.1 (Model Analyzer stops
-    it when done), so a course server may keep running meanwhile; they share the cores. Prints
-    what Model Analyzer is profiling as it goes. Raises AnalyzerError when Model Analyzer is
+    Each run starts its own Triton on free ports of 127.0.0.1 (Model Analyzer stops it when
+    done), so a course server may keep running meanwhile; they share the cores (and the GPUs).
+    Here that is the embedded tritonserver on the CPU; on the GPU node Model Analyzer runs in
+    the Triton container and searches GPU instances (`Launch.for_this_machine`). Prints what
+    Model Analyzer is profiling as it goes. Raises AnalyzerError when Model Analyzer is
     missing, fails, or runs past its time limit (its last lines and log files named)."""
     from ..assets import onnx_export
     from ..assets.repository import copy_repository
+    from ..serving import choose_mode
 
     opts = opts or SearchSettings.for_course()
-    binary()  # installed?
+    if choose_mode()[0] != "docker":
+        binary()  # installed here? (on the GPU node it is in the Triton image)
+    limit = 1800 if settings.quick_mode() else 7200
     folder = Path(folder or settings.output_dir() / "model-analyzer")
     frames, found = [], {}
     began = time.monotonic()
@@ -250,20 +325,19 @@ def search(opts: SearchSettings | None = None, model: str = "food_classifier",
                              regenerate="analyzer.search()")
         if runtime == "onnxruntime":
             onnx_export.export_onnx(repo / model / "1")
-        state = work / "state"
-        backend_dir = EmbeddedTriton(model_repository=repo, state_dir=state)._backend_dir()
-        config = profile_config(repo, work / "export", opts, TritonAddress.free(), backend_dir,
+        launch = Launch.for_this_machine(work / "state", limit_s=limit)
+        config = profile_config(repo, work / "export", opts, TritonAddress.free(), launch,
                                 model)
         (work / "export").mkdir(parents=True, exist_ok=True)  # Model Analyzer wants it there
         config_file = work / "profile.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-        cmd = [str(binary()), "profile", "-f", str(config_file)]
-        limit = 1800 if settings.quick_mode() else 7200
-        log.info(f"Model Analyzer ({runtime}): {' '.join(cmd)}")
+        cmd = [*launch.command, "profile", "-f", str(config_file)]
+        log.info(f"Model Analyzer ({runtime}, in {launch.where}): {' '.join(cmd)}")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env=environment(), cwd=work,
                                 start_new_session=True)
-        watchdog = threading.Timer(limit, proc.kill)  # stops it even when it prints nothing
+        # stops it even when it prints nothing (in the container, `timeout` does it first)
+        watchdog = threading.Timer(limit + 120, proc.kill)
         watchdog.start()
         start, lines = time.monotonic(), []
         assert proc.stdout is not None
@@ -278,7 +352,8 @@ def search(opts: SearchSettings | None = None, model: str = "food_classifier",
             watchdog.cancel()
         if code != 0:
             tail = "\n".join(lines[-15:])
-            late = f" (stopped after its limit of {limit} s)" if code == -9 else ""
+            # -9: the watchdog here; 124: `timeout` in the Triton container
+            late = f" (stopped after its limit of {limit} s)" if code in (-9, 124) else ""
             raise AnalyzerError(f"Model Analyzer ({runtime}) exited with {code}{late} after "
                                 f"{time.monotonic() - start:.0f} s; its last lines:\n{tail}\n"
                                 f"Its Triton's log: {work / 'export' / 'tritonserver.log'}")

@@ -5,6 +5,8 @@ its base image installs from.
 Each image installs its Python packages from one file its Dockerfile copies, and the check reads
 that very file: `requirements/triton-image.txt` for Dockerfile.triton, and the `[project]
 dependencies` of pyproject.toml for Dockerfile.jupyter (whose pip step is `pip install -e .`).
+A virtual environment of its own in an image (Model Analyzer's in the Triton image) installs from
+a file of its own, resolved on its own.
 pip's own resolver answers (`pip install --dry-run --report`: nothing is installed, and with
 PyPI's metadata files only metadata is downloaded), for wheels only, with the image's Python
 version and manylinux platform tags. This machine's pip configuration (local wheel folders,
@@ -81,6 +83,7 @@ class Image:
     python: str                # the base's Python, major.minor
     glibc: tuple[int, int]     # the base's glibc: the newest manylinux tag a wheel may carry
     requirements: str          # what its pip step installs: a requirements file or pyproject.toml
+    venvs: tuple[str, ...] = ()  # requirements files of virtual environments of their own
     apt_lists: tuple[str, ...] = ()  # the `Packages.xz` lists its apt-get installs from (amd64)
     cuda: str | None = None    # CUDA major.minor the base ships: torch's CUDA runtime must match
     cudnn: str | None = None   # cuDNN major the base ships: torch's cuDNN must match
@@ -98,6 +101,7 @@ def _apt_lists(archive: str, release: str, components: tuple[str, ...]) -> tuple
 IMAGES = (
     Image("triton", "Dockerfile.triton", "nvcr.io/nvidia/tritonserver:24.10-py3",
           python="3.10", glibc=(2, 35), requirements="requirements/triton-image.txt",
+          venvs=("requirements/model-analyzer.txt",),
           apt_lists=_apt_lists(UBUNTU, "jammy", ("main", "universe")), cuda="12.6", cudnn="9",
           facts="Triton Inference Server Release 24.10 notes (docs.nvidia.com/deeplearning/"
                 "triton-inference-server/release-notes/rel-24-10.html): Ubuntu 22.04 with "
@@ -195,8 +199,9 @@ def check_base(img: Image) -> None:
 
 
 def check_pip_steps(img: Image) -> None:
-    """Every pip step of the Dockerfile installs the file the check reads, copied into the
-    image, and nothing else, from the index the check asks. Raises ImageCheckError."""
+    """Every pip step of the Dockerfile installs one of the files the check reads (the image's
+    requirements, or a virtual environment's), copied into the image, and nothing else, from the
+    index the check asks; and each of those files is installed. Raises ImageCheckError."""
     copied = {}  # source -> where the COPY puts it
     for word, args in instructions(img.path):
         if word == "COPY":
@@ -205,13 +210,15 @@ def check_pip_steps(img: Image) -> None:
             for src in parts[:-1]:
                 copied[src] = dest + Path(src).name if dest.endswith("/") else dest
     steps = _pip_installs(img)
-    if img.requirements not in copied or not steps:
-        raise ImageCheckError(
-            f"{img.dockerfile} does not COPY {img.requirements} and pip-install it: the check "
-            "reads that file, so the build must install exactly it.")
+    for required in (img.requirements, *img.venvs):
+        if required not in copied or not steps:
+            raise ImageCheckError(
+                f"{img.dockerfile} does not COPY {required} and pip-install it: the check "
+                "reads that file, so the build must install exactly it.")
     # a requirements file by where it was copied; pyproject.toml as the project's folder
     expected = ({copied[img.requirements]} if img.requirements.endswith(".txt")
-                else {".", "./"})
+                else {".", "./"}) | {copied[venv] for venv in img.venvs}
+    installed = set()
     for words in steps:
         targets, i = [], 0
         while i < len(words):
@@ -232,8 +239,13 @@ def check_pip_steps(img: Image) -> None:
         if outside or not targets:
             raise ImageCheckError(
                 f"{img.dockerfile}: `pip install {' '.join(words)}` installs "
-                f"{', '.join(outside) or 'nothing'} outside {img.requirements}: put every pin in "
-                "that file, so that the check reads what the build installs.")
+                f"{', '.join(outside) or 'nothing'} outside "
+                f"{' and '.join((img.requirements, *img.venvs))}: put every pin in those files, "
+                "so that the check reads what the build installs.")
+        installed.update(targets)
+    for venv in img.venvs:
+        if copied[venv] not in installed:
+            raise ImageCheckError(f"{img.dockerfile} copies {venv} but never pip-installs it.")
 
 
 def pip_arguments(img: Image) -> list[str]:
@@ -365,6 +377,15 @@ def check_cuda(img: Image, resolved: dict[str, str]) -> None:
             f"torch release whose PyPI wheel is the CUDA {img.cuda} build.")
 
 
+def resolve_venvs(img: Image, index_url: str = PYPI) -> dict[str, dict[str, str]]:
+    """Every package each virtual environment of the image would get, {file: {name: version}},
+    each file resolved on its own for the image's Python and glibc. Raises ImageCheckError or
+    Unreachable (see `resolve`)."""
+    check_pip_steps(img)
+    return {venv: resolve(["-r", str(settings.ROOT / venv)], img.python, img.glibc,
+                          index_url=index_url) for venv in img.venvs}
+
+
 def resolve_image(img: Image, index_url: str = PYPI) -> dict[str, str]:
     """Every Python package the image's build would install, {name: version}, after checking
     that its Dockerfile installs the file read here and that torch matches its CUDA.
@@ -425,7 +446,12 @@ def main(argv: list[str] | None = None) -> int:
     """Check every image; print what resolved, what failed and what could not be checked."""
     failures = skipped = 0
     for img in IMAGES:
-        for what, check in (("Python pins", resolve_image), ("apt packages", check_apt)):
+        def venvs(img: Image) -> dict[str, str]:
+            return {f"{venv}: {name}": version for venv, found in resolve_venvs(img).items()
+                    for name, version in found.items()}
+
+        for what, check in (("Python pins", resolve_image), ("virtual environments", venvs),
+                            ("apt packages", check_apt)):
             try:
                 found = check(img)
             except Unreachable as exc:
