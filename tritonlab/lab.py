@@ -22,8 +22,11 @@ class NotebookFailed(RuntimeError):
 
 
 def course_notebooks(folder: Path = settings.NOTEBOOKS) -> list[Path]:
-    """The numbered notebooks in order (00_... runs only on Chameleon, so it is left out)."""
-    return [p for p in sorted(folder.glob("[0-9][0-9]_*.ipynb")) if not p.name.startswith("00_")]
+    """The numbered notebooks in order (00_... runs only on Chameleon, so it is left out), then
+    the appendices (A1_..., A2_...): the course's main line ends before them."""
+    numbered = [p for p in sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+                if not p.name.startswith("00_")]
+    return numbered + sorted(folder.glob("A[0-9]_*.ipynb"))
 
 
 def run_notebook(path: Path, out_dir: Path, quick: bool = True, cell_timeout: int = 900) -> Path:
