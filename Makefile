@@ -4,7 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := libb64-0d
+# libb64-0d: perf_analyzer links it; nginx: the load balancer in front of Triton replicas
+# (tritonlab.serving.replicas; the Debian package's binary has the http2 and grpc modules)
+APT_PACKAGES := libb64-0d nginx
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -15,9 +17,15 @@ PYTEST_ARGS ?=
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-system-deps:  ## apt packages perf_analyzer needs (uses sudo when not root)
+# Where systemd runs, installing the nginx package also starts a system nginx on port 80: the
+# course starts its own nginx (on free ports), so a system nginx this target installed is stopped.
+system-deps:  ## apt packages perf_analyzer and nginx need (uses sudo when not root)
 	@if dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then echo "system packages present: $(APT_PACKAGES)"; \
-	else $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); fi
+	else had_nginx=$$(dpkg -s nginx >/dev/null 2>&1 && echo yes); \
+	$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) && \
+	if [ -z "$$had_nginx" ] && systemctl is-active --quiet nginx 2>/dev/null; then \
+	echo "stopping the system nginx the package started on port 80 (the course runs its own)"; \
+	$(SUDO) systemctl disable --now nginx; fi; fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

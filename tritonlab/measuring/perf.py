@@ -25,6 +25,7 @@ import pandas as pd
 from .. import settings
 from ..common import log
 from ..serving import clients, configs, deploy, devices
+from ..serving.replicas import LoadBalancer
 from . import results
 from .metrics import MetricsSampler
 from .results import COLUMNS, P50, THROUGHPUT, PerfRun
@@ -327,13 +328,21 @@ def remedy(window: Window, output: str, few_requests: int | None, opts: PerfSett
 
 def batch_counts(server, model: str) -> dict[int, int] | None:
     """Executions per batch size Triton has counted for `model` since it was loaded (its
-    statistics' batch_stats, over HTTP); None when the statistics cannot be read."""
+    statistics' batch_stats, over HTTP); None when the statistics cannot be read. Behind a
+    load balancer, the sum over its replicas (through nginx, the statistics would be those of
+    whichever replica nginx picked)."""
     from tritonclient.utils import InferenceServerException
 
+    servers = server.replicas.servers if isinstance(server, LoadBalancer) else [server]
+    total: dict[int, int] = {}
     try:
-        return clients.batch_size_counts(clients.model_stats(server.http_url, model))
+        for one in servers:
+            for size, n in clients.batch_size_counts(clients.model_stats(one.http_url,
+                                                                         model)).items():
+                total[size] = total.get(size, 0) + n
     except (InferenceServerException, OSError, KeyError, IndexError):
         return None
+    return total
 
 
 def _counted_between(before: dict[int, int], after: dict[int, int]) -> dict[int, int]:
@@ -363,6 +372,10 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
     the executions per batch size Triton counted during each level (its model statistics read
     before and after the level; empty when they cannot be read).
 
+    `server` may be a load balancer (serving.replicas.LoadBalancer): perf_analyzer then runs
+    through nginx, `batch_counts` are its replicas' together, and no metrics are sampled (each
+    replica has its own endpoint; measuring.replicas.split reads them).
+
     Raises PerfError (saying what happened and what to try) when Triton is not ready, goes
     away, or no attempt succeeds; nothing is saved then.
     """
@@ -376,7 +389,9 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
     env = environment()
     rows, raw, commands, step_rows = [], {}, [], []
     phases, counts = [], {}  # what ran when (see PerfRun.phases); batch sizes per level
-    sampler = MetricsSampler(server.metrics_url, model=model) if sample_metrics else None
+    # A load balancer has no metrics endpoint of its own (each replica has one): no sampling.
+    sampler = (MetricsSampler(server.metrics_url, model=model)
+               if sample_metrics and server.metrics_url else None)
     workdir = Path(tempfile.mkdtemp(prefix="perf_"))
     rate = None  # infer/s at the last level measured (or probed)
     t0 = time.monotonic()  # the sampler's clock too

@@ -1,0 +1,303 @@
+"""One Triton replica against two behind nginx, measured with perf_analyzer; and which replica
+served each request, counted twice (each replica's own metrics, and nginx's access log).
+
+`compare` measures both setups at the same concurrency levels, over HTTP and gRPC, through the
+same `perf.run` as every other measurement of the course (quick mode shortens its windows and
+levels, never its code path). `split` counts the requests each replica served while a block of
+code ran. `explain` states the verdict from the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import requests
+
+from .. import settings
+from ..common import atomic_write, log
+from ..serving import deploy
+from ..serving.replicas import LoadBalancer, Replicas, nginx_version
+from . import metrics, perf
+from .results import P50, P95, P99, THROUGHPUT
+
+#: The two setups `compare` measures.
+ONE = "1 replica"
+TWO = "2 replicas behind nginx"
+#: A throughput ratio within this fraction of 1 is "no clear change": run-to-run noise on a
+#: shared 2-core machine is about that large.
+NO_CLEAR_CHANGE = 0.10
+#: The tidy table's columns (`compare`).
+COLUMNS = ["setup", "replicas", "protocol", "concurrency", THROUGHPUT, "p50 latency (ms)",
+           "p95 latency (ms)", "p99 latency (ms)", "mean batch size"]
+
+
+def default_settings() -> perf.PerfSettings:
+    """Concurrency 1, 4, 8 and 16 with full windows; quick mode (tests, `make lab`): 2 and 8,
+    short windows (PerfSettings.for_course)."""
+    return perf.PerfSettings.for_course([1, 4, 8, 16], quick_concurrency=[2, 8])
+
+
+# --- which replica served what --------------------------------------------------------------------
+def _infer_request(entry: dict, model: str) -> bool:
+    """Whether an access-log entry is an inference request for `model`. Over gRPC the model's
+    name is inside the request's body, which nginx does not log: every ModelInfer counts."""
+    if entry["uri"] == "/inference.GRPCInferenceService/ModelInfer":
+        return True
+    return re.fullmatch(rf"/v2/models/{re.escape(model)}(/versions/\d+)?/infer",
+                        entry["uri"].split("?")[0]) is not None
+
+
+def request_successes(metrics_url: str, model: str) -> float:
+    """Triton's `nv_inference_request_success` for `model` (all versions) at `metrics_url`."""
+    text = requests.get(metrics_url, timeout=5).text
+    return metrics.snapshot(metrics.parse(text), model)["request_success"]
+
+
+class Split:
+    """Counts, per replica, the requests served while its `with` block runs (see `split`).
+
+    After the block, `table` has one row per replica: replica (its index), http upstream and
+    grpc upstream ('host:port'), requests (Triton metrics) (the change of its
+    nv_inference_request_success for `model`), requests (nginx log) (inference requests nginx
+    logged as answered by it), share (%) (of the logged requests). `unanswered`: inference
+    requests nginx logged without a replica (none could be reached).
+    """
+
+    def __init__(self, balancer: LoadBalancer, model: str = "food_classifier",
+                 settle_s: float = 5.0) -> None:
+        self.balancer, self.model, self.settle_s = balancer, model, settle_s
+        self.table = pd.DataFrame()
+        self.unanswered = 0
+        self._before: list[float] = []
+        self._offset = 0
+
+    def _successes(self) -> list[float]:
+        return [request_successes(url, self.model) for url in self.balancer.replicas.metrics_urls]
+
+    def _logged(self) -> list[dict]:
+        return [e for e in self.balancer.access_entries(self._offset)
+                if _infer_request(e, self.model)]
+
+    def __enter__(self) -> Split:
+        self._before = self._successes()
+        self._offset = self.balancer.access_log_size()
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.table = self._count()
+
+    def _count(self) -> pd.DataFrame:
+        # A request still finishing when the block ends is counted a moment later by Triton
+        # and by nginx: read both until neither changes for 0.3 s (at most `settle_s`).
+        reading = (self._successes(), len(self._logged()))
+        deadline = time.monotonic() + self.settle_s
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            again = (self._successes(), len(self._logged()))
+            if again == reading:
+                break
+            reading = again
+        after, logged = self._successes(), self._logged()
+        self.unanswered = sum(1 for e in logged if e["replica"] is None)
+        total = sum(1 for e in logged if e["replica"] is not None)
+        rows = []
+        for i, server in enumerate(self.balancer.replicas):
+            served = sum(1 for e in logged if e["replica"] == i)
+            rows.append({"replica": i, "http upstream": server.http_url,
+                         "grpc upstream": server.grpc_url,
+                         "requests (Triton metrics)": int(after[i] - self._before[i]),
+                         "requests (nginx log)": served,
+                         "share (%)": round(100 * served / total, 1) if total else 0.0})
+        return pd.DataFrame(rows)
+
+    @property
+    def agree(self) -> bool:
+        """Whether the replicas' metrics and nginx's access log count the same requests."""
+        return (not self.table.empty and (self.table["requests (Triton metrics)"]
+                                          == self.table["requests (nginx log)"]).all())
+
+
+def split(balancer: LoadBalancer, model: str = "food_classifier") -> Split:
+    """Count which replica served each request of `model` during a `with` block:
+
+        with split(balancer, "food_classifier") as served:
+            perf.run(balancer, "food_classifier", "2 replicas", opts)
+        served.table
+
+    Read from each replica's own Triton metrics (nv_inference_request_success, before and
+    after) and from nginx's access log ($upstream_addr), so the two can be checked against each
+    other (`Split.agree`, `explain_split`). Requests from other clients meanwhile count too."""
+    return Split(balancer, model)
+
+
+def explain_split(table: pd.DataFrame) -> str:
+    """One sentence per replica from a `Split.table`, and whether the two counts agree."""
+    if table.empty:
+        return "No requests were counted."
+    parts = [f"replica {r['replica']} served {r['requests (nginx log)']} requests "
+             f"({r['share (%)']:.0f} %)" for _, r in table.iterrows()]
+    same = (table["requests (Triton metrics)"] == table["requests (nginx log)"]).all()
+    check = ("The two counts agree: nginx's access log and each replica's own metrics count the "
+             "same requests." if same else
+             "The two counts differ: the replicas' metrics count "
+             + ", ".join(str(n) for n in table["requests (Triton metrics)"])
+             + " and nginx's access log "
+             + ", ".join(str(n) for n in table["requests (nginx log)"])
+             + " (other clients, or failed requests, which Triton does not count as successes).")
+    return "; ".join(parts) + ". " + check
+
+
+# --- one replica against two ----------------------------------------------------------------------
+def mean_batch_size(counts: dict[int, int]) -> float:
+    """Images per execution from {batch size: executions} (NaN when nothing ran)."""
+    executions = sum(counts.values())
+    return sum(size * n for size, n in counts.items()) / executions if executions else float("nan")
+
+
+def _tidy(run: perf.PerfRun, setup: str, replicas: int, protocol: str) -> pd.DataFrame:
+    df = run.df
+    out = pd.DataFrame({"setup": setup, "replicas": replicas, "protocol": protocol,
+                        "concurrency": df["concurrency"].astype(int),
+                        THROUGHPUT: df[THROUGHPUT]})
+    for column, name in ((P50, "p50 latency (ms)"), (P95, "p95 latency (ms)"),
+                         (P99, "p99 latency (ms)")):
+        out[name] = df[column] / 1000
+    # what the replicas' dynamic batchers made of the requests (all replicas together)
+    out["mean batch size"] = [mean_batch_size(run.batch_counts.get(int(level), {}))
+                              for level in out["concurrency"]]
+    return out
+
+
+def compare(repository: Path | str | None = None, variant: str = "fastest",
+            opts: perf.PerfSettings | None = None, protocols: Sequence[str] = ("http", "grpc"),
+            method: str = "round_robin", state_dir: Path | str | None = None,
+            model: str = "food_classifier", save: bool = True) -> pd.DataFrame:
+    """Measure `model`, served as the classifier `variant` (deploy.prepare_variant), on one
+    replica alone and on two replicas behind nginx (`method`), with perf_analyzer at the same
+    levels (`opts`, default `default_settings()`) over each of `protocols`.
+
+    Each setup gets replicas of its own, on `repository` (default: the served one), started
+    for it and stopped after it (state under `state_dir`, default <state>/replicas); each
+    replica gets its share of the cores (serving.replicas.share_cores). Returns the tidy table
+    (COLUMNS: one row per setup, protocol and level; throughput in infer/s, latencies in ms,
+    and the mean batch size the replicas' Triton statistics counted, in images per execution).
+    Its `attrs` hold `splits` ({protocol: Split.table} for the two replicas), `plans` ({setup:
+    threads on cores}), `cores` (os.cpu_count()) and `path` (the saved JSON file, with a CSV
+    beside it, under <results>/replicas/, when `save`). Raises perf.PerfError or a
+    serving error (NginxMissing: run `make system-deps`) saying what to do.
+    """
+    repository = Path(repository or settings.model_repository())
+    state = Path(state_dir) if state_dir else settings.state_dir() / "replicas"
+    opts = opts or default_settings()
+    nginx = nginx_version()  # before any measuring: NginxMissing if it is not installed
+    cfg, _ = deploy.prepare_variant(variant, repository)  # the ONNX export, if it needs one
+    frames, splits, plans, commands = [], {}, {}, []
+    for count, setup in ((1, ONE), (2, TWO)):
+        replicas = Replicas(count, repository, state / f"{count}-replicas", models=())
+        balancer = None
+        try:
+            replicas.start()
+            replicas.serve(cfg)
+            plans[setup] = replicas.plan()
+            target = replicas[0]
+            if count > 1:
+                balancer = LoadBalancer(replicas, state / "nginx", method=method)
+                balancer.start()
+                target = balancer
+            for protocol in protocols:
+                run_opts = replace(opts, protocol=protocol)
+                label = f"{setup} ({protocol})"
+                if balancer is None:
+                    run = perf.run(target, model, label, run_opts, save=False,
+                                   sample_metrics=False)
+                else:
+                    with split(balancer, model) as served:
+                        run = perf.run(target, model, label, run_opts, save=False,
+                                       sample_metrics=False)
+                    splits[protocol] = served.table
+                    log.info(f"{protocol}: {explain_split(served.table)}")
+                commands += run.meta["commands"]
+                frames.append(_tidy(run, setup, count, protocol))
+        finally:
+            if balancer is not None:
+                balancer.stop()
+            replicas.stop()
+    df = pd.concat(frames, ignore_index=True)[COLUMNS]
+    df.attrs.update(splits=splits, plans=plans, cores=os.cpu_count())
+    if save:
+        df.attrs["path"] = _save(df, {
+            "variant": variant, "model": model, "method": method, "nginx": nginx,
+            "cores": os.cpu_count(), "plans": plans, "quick": settings.quick_mode(),
+            "measurement_ms": opts.measurement_ms, "commands": commands,
+            "splits": {p: json.loads(t.to_json(orient="records")) for p, t in splits.items()}})
+    return df
+
+
+def _save(df: pd.DataFrame, meta: dict) -> Path:
+    """Keep a comparison as <results>/replicas/<UTC time>_compare.json, and its table as .csv."""
+    date = datetime.now(timezone.utc)
+    path = settings.results_dir() / "replicas" / f"{date:%Y%m%dT%H%M%SZ}_compare.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"date": date.isoformat(timespec="seconds"), **meta,
+            "rows": json.loads(df.to_json(orient="records"))}
+    atomic_write(path.with_suffix(".csv"), df.to_csv(index=False))
+    log.info(f"saved {path}")
+    return atomic_write(path, json.dumps(body, indent=1))
+
+
+def explain(df: pd.DataFrame, tolerance: float = NO_CLEAR_CHANGE) -> str:
+    """The verdict of a `compare` table, from its numbers: per protocol and level, the
+    throughput of two replicas over one (within `tolerance` of 1: "no clear change") and
+    their p95 latencies; then why, on this machine."""
+    cores = df.attrs.get("cores") or os.cpu_count()
+    lines, ratios = [], []
+    for (protocol, level), group in df.groupby(["protocol", "concurrency"], sort=False):
+        by_setup = group.set_index("setup")
+        if not {ONE, TWO} <= set(by_setup.index):
+            continue
+        one, two = by_setup.loc[ONE], by_setup.loc[TWO]
+        ratio = two[THROUGHPUT] / one[THROUGHPUT]
+        ratios.append(ratio)
+        line = (f"{protocol.upper()} at concurrency {level}: {two[THROUGHPUT]:.0f} infer/s "
+                f"with two replicas behind nginx against {one[THROUGHPUT]:.0f} with one "
+                f"({ratio:.2f}x: {_words(ratio, tolerance)}); p95 "
+                f"{two['p95 latency (ms)']:.1f} ms against {one['p95 latency (ms)']:.1f} ms")
+        if "mean batch size" in group and group["mean batch size"].notna().all():
+            line += (f"; mean batch {two['mean batch size']:.1f} against "
+                     f"{one['mean batch size']:.1f} images")
+        lines.append(line + ".")
+    if not ratios:
+        return "The table has no level measured with both setups."
+    verdicts = {_words(r, tolerance) for r in ratios}
+    if len(ratios) == 1:
+        overall = (f"Two replicas gave {ratios[0]:.2f}x the throughput of one at the one level "
+                   f"measured: {verdicts.pop()}.")
+    else:
+        overall = (f"Two replicas gave {min(ratios):.2f}x to {max(ratios):.2f}x the throughput "
+                   f"of one over the {len(ratios)} levels measured: "
+                   + (f"{verdicts.pop()} at every level." if len(verdicts) == 1
+                      else "it depends on the level (below)."))
+    lines.insert(0, overall)
+    lines.append(f"This machine has {cores} cores (os.cpu_count()): both replicas run on the "
+                 "same cores, and perf_analyzer and nginx compete for them too: a second "
+                 "replica brings a second Triton and a hop through nginx, not cores of its own. "
+                 "Where two replicas gave more on the same cores, look at how the requests were "
+                 "grouped (the mean batch sizes) and at the threads each setup ran (below).")
+    for setup, plan in (df.attrs.get("plans") or {}).items():
+        lines.append(f"{setup}: {plan}.")
+    return "\n".join(lines)
+
+
+def _words(ratio: float, tolerance: float) -> str:
+    if abs(ratio - 1) <= tolerance:
+        return "no clear change"
+    return "more throughput" if ratio > 1 else "less throughput"
