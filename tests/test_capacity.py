@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import pytest
 
 from tritonlab.measuring import capacity, reports, results
 
@@ -62,3 +63,33 @@ def test_the_plan_and_its_words_follow_the_numbers():
     assert f"rests on 12 requests (fewer than {reports.MIN_REQUESTS})" in text
     assert text.count("too few to plan on") == 1
     assert "caption at 100 ms: no measured level kept the p95 budget" in text
+
+
+def test_the_autoscaler_target_comes_from_the_captioning_point_when_it_kept_its_budget():
+    classify = capacity.operating_point(_rows([(8, 120.0, 45.0, 3.0, 2000)]), budget_ms=50)
+    caption = capacity.operating_point(
+        _rows([(8, 1.5, 4000.0, 300.0, 400)], variant="ensemble", model="food_captioning"),
+        budget_ms=capacity.CAPTION_P95_BUDGET_MS)
+    target = capacity.autoscaler_target({"classify": classify, "caption": caption})
+    assert (target.served, target.quantity) == ("caption", "450m")  # 1.5/s x 0.3 s waiting
+    assert "1.50 infer/s x 300.00 ms in the queue = 0.450 requests" in target.text
+    # no captioning level kept its budget: the classifier's point, and the words say why
+    target = capacity.autoscaler_target({"classify": classify, "caption": None})
+    assert (target.served, target.quantity) == ("classify", "360m")
+    assert "not from caption: no measured level kept its budget" in target.text
+    # nothing waited: the smallest quantity Kubernetes takes, said as such
+    idle = capacity.operating_point(_rows([(1, 20.0, 30.0, 0.0, 400)]), budget_ms=50)
+    target = capacity.autoscaler_target({"classify": idle})
+    assert target.quantity == "1m" and "raised to 1m" in target.text
+    with pytest.raises(ValueError, match="no autoscaler target"):
+        capacity.autoscaler_target({"classify": None, "caption": None})
+
+
+def test_the_target_is_a_quantity_the_autoscaler_schema_takes():
+    from tritonlab.serving import kubernetes
+
+    point = capacity.operating_point(_rows([(8, 120.0, 45.0, 3.0, 2000)]), budget_ms=50)
+    target = capacity.autoscaler_target({"classify": point})
+    hpa = kubernetes.autoscaler(target_average_value=target.quantity)
+    kubernetes.validate([hpa])
+    assert hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == "360m"

@@ -72,7 +72,7 @@ def test_a_pin_that_does_not_exist_is_named_with_the_versions_that_do(tmp_path):
 @pytest.mark.network
 def test_the_apt_packages_exist_in_the_base_release():
     found = asked(images.check_apt, JUPYTER)
-    assert sorted(found) == sorted(["libb64-0d", "libpython3.11", "make", "docker.io"])
+    assert sorted(found) == sorted(["libb64-0d", "libpython3.11", "make", "docker.io", "nginx"])
     assert all(found.values())
     with pytest.raises(images.ImageCheckError, match="no-such-package-in-bookworm"):
         asked(images.check_apt, JUPYTER, ["make", "no-such-package-in-bookworm"])
@@ -110,7 +110,7 @@ def test_the_dockerfiles_install_exactly_what_the_check_reads():
     for img in images.IMAGES:
         images.check_base(img)
         images.check_pip_steps(img)
-    assert images.apt_packages(JUPYTER) == ["libb64-0d", "libpython3.11", "make", "docker.io"]
+    assert images.apt_packages(JUPYTER) == ["libb64-0d", "libpython3.11", "make", "docker.io", "nginx"]
     assert images.apt_packages(TRITON) == ["python3.10-venv", "libb64-0d"]
     assert TRITON.venvs == ("requirements/model-analyzer.txt",)
     assert images.pip_arguments(TRITON) == ["-r", str(settings.ROOT / TRITON.requirements)]

@@ -22,7 +22,7 @@ from tritonlab import settings
 from tritonlab.assets import samples
 from tritonlab.measuring import perf
 from tritonlab.measuring import replicas as measured
-from tritonlab.measuring.results import THROUGHPUT
+from tritonlab.measuring.results import REQUESTS, THROUGHPUT
 from tritonlab.serving import PortInUseError, clients, configs, deploy
 from tritonlab.serving import replicas as serving
 from tritonlab.serving.replicas import LoadBalancer, Replicas
@@ -172,6 +172,38 @@ def test_the_verdict_comes_from_the_numbers():
     assert "1.50x: more throughput" in measured.explain(table(150.0))
     assert "0.50x: less throughput" in measured.explain(table(50.0))
     assert f"{os.cpu_count()} cores" in measured.explain(table(100.0))
+
+
+def test_a_level_on_too_few_requests_carries_no_verdict():
+    rows = [{"setup": setup, "replicas": n, "protocol": "http", "concurrency": 8,
+             THROUGHPUT: thr, "p50 latency (ms)": 40.0, "p95 latency (ms)": 50.0,
+             "p99 latency (ms)": 60.0, "mean batch size": 1.0, REQUESTS: count}
+            for setup, n, thr, count in ((measured.ONE, 1, 100.0, 400),
+                                         (measured.TWO, 2, 150.0, 12))]
+    text = measured.explain(pd.DataFrame(rows))
+    assert "1.50x: too few requests to judge" in text
+    assert "more throughput" not in text and text.startswith("No level was measured")
+    rows[1][REQUESTS] = 600
+    assert "1.50x: more throughput" in measured.explain(pd.DataFrame(rows))
+
+
+def test_the_hop_through_nginx_is_judged_against_one_replica_alone():
+    rows = [{"setup": setup, "replicas": n, "protocol": "grpc", "concurrency": 4,
+             THROUGHPUT: thr, "p50 latency (ms)": 20.0, "p95 latency (ms)": p95,
+             "p99 latency (ms)": 40.0, "mean batch size": 2.0, REQUESTS: 900}
+            for setup, n, thr, p95 in ((measured.ONE, 1, 100.0, 30.0),
+                                       (measured.ONE_BEHIND, 1, 80.0, 36.5),
+                                       (measured.TWO, 2, 101.0, 31.0))]
+    text = measured.explain(pd.DataFrame(rows))
+    assert ("The hop alone (one replica behind nginx): 80 infer/s (0.80x: less throughput), "
+            "p95 36.5 ms") in text
+    assert "GRPC at concurrency 4: 101 infer/s" in text and "1.01x: no clear change" in text
+
+
+def test_an_unknown_setup_is_refused_before_anything_starts(tmp_path):
+    with pytest.raises(ValueError, match="choose from"):
+        measured.compare(tmp_path, setups=("3 replicas",), state_dir=tmp_path / "state")
+    assert not (tmp_path / "state").exists()
 
 
 # --- real replicas, real nginx --------------------------------------------------------------------

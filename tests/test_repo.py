@@ -17,6 +17,15 @@ def test_notebooks_are_committed_without_outputs():
                 assert not cell["outputs"] and cell["execution_count"] is None, path.name
 
 
+def test_each_notebook_is_titled_with_its_own_number_and_listed_in_the_readme():
+    readme = (settings.ROOT / "README.md").read_text()
+    for path in settings.NOTEBOOKS.glob("*.ipynb"):
+        title = "".join(json.loads(path.read_text())["cells"][0]["source"]).splitlines()[0]
+        number = path.stem.split("_")[0]
+        assert title.startswith(f"# {number} · "), (path.name, title)
+        assert f"| `{path.stem}` |" in readme, f"{path.stem} has no row in the README's table"
+
+
 def test_ruff_is_clean():
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise",
                            "tritonlab", "tests", "notebooks", "model_repository"],

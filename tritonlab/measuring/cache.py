@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import requests
 
+from ..common import poll_until
 from ..serving import clients
 from . import metrics
 
@@ -85,6 +86,10 @@ def _answer(result) -> str:
     return f"{text}: {caption}" if caption is not None else text
 
 
+#: How long `timed_request` waits for Triton's statistics to count a request it answered.
+STATISTICS_WAIT_S = 2.0
+
+
 def _executions(url: str, models: Sequence[str]) -> float:
     return sum(counters(url, m)["executions"] for m in models)
 
@@ -104,9 +109,10 @@ def timed_request(url: str, model: str, image: bytes,
     ask = _client_for(model)
     executed = list(executed or [model])
     before, runs = counters(url, model), _executions(url, executed)
-    start = time.perf_counter()
+    start, failed = time.perf_counter(), True
     try:
         answer = _answer(ask(url, [image])[0])
+        failed = False
     except InferenceServerException as exc:
         if not failures:
             raise
@@ -116,11 +122,25 @@ def timed_request(url: str, model: str, image: bytes,
             raise
         answer = f"EmptyAnswer: {exc}"
     latency_ms = (time.perf_counter() - start) * 1000
-    change = _change(before, counters(url, model))
+
+    def counted() -> tuple[dict[str, float], float] | None:
+        """Triton's counters once they include this request: it counts the request, the
+        cache's verdict and the model's execution only after the answer has left, so a reading
+        right after it may miss them. A successful request that was not a cache hit ran the
+        model at least once."""
+        change, ran = _change(before, counters(url, model)), _executions(url, executed) - runs
+        done = failed or (change["requests"] >= 1 and (change["cache hits"] or ran >= 1))
+        return (change, ran) if done else None
+
+    try:
+        change, ran = poll_until(counted, timeout=STATISTICS_WAIT_S, interval=0.02,
+                                 what="Triton counting the request")
+    except TimeoutError:  # counted late or never (a failure): report what Triton has now
+        change, ran = _change(before, counters(url, model)), _executions(url, executed) - runs
     cache = ("hit" if change["cache hits"] else "miss" if change["cache misses"]
              else "not cached")
     return {"latency (ms)": latency_ms, "answer": answer, "cache": cache,
-            "executions": int(_executions(url, executed) - runs)}
+            "executions": int(ran)}
 
 
 def repeat_request(url: str, model: str, data: bytes, times: int = 2) -> pd.DataFrame:

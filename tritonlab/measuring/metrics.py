@@ -63,6 +63,14 @@ def snapshot(samples: list[tuple[str, dict[str, str], float]], model: str | None
     return snap
 
 
+def read(url: str, model: str | None, timeout: float = 5.0) -> dict:
+    """One scrape of Triton's metrics endpoint `url` as a `snapshot` for `model`. Raises
+    requests.RequestException when the endpoint cannot be read."""
+    reply = requests.get(url, timeout=timeout)
+    reply.raise_for_status()
+    return snapshot(parse(reply.text), model)
+
+
 class MetricsSampler:
     """Scrape the metrics endpoint every `interval` seconds in a background thread."""
 
@@ -76,11 +84,10 @@ class MetricsSampler:
 
     def _scrape(self) -> None:
         try:
-            text = requests.get(self.url, timeout=2).text
+            snap = read(self.url, self.model, timeout=2)
         except requests.RequestException:
             self.errors += 1
             return
-        snap = snapshot(parse(text), self.model)
         snap["time (s)"] = time.monotonic() - self._t0
         self.samples.append(snap)
 

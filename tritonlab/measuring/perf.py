@@ -25,7 +25,6 @@ import pandas as pd
 from .. import settings
 from ..common import log
 from ..serving import clients, configs, deploy, devices
-from ..serving.replicas import LoadBalancer
 from . import results
 from .metrics import MetricsSampler
 from .results import COLUMNS, P50, THROUGHPUT, PerfRun
@@ -328,17 +327,14 @@ def remedy(window: Window, output: str, few_requests: int | None, opts: PerfSett
 
 def batch_counts(server, model: str) -> dict[int, int] | None:
     """Executions per batch size Triton has counted for `model` since it was loaded (its
-    statistics' batch_stats, over HTTP); None when the statistics cannot be read. Behind a
-    load balancer, the sum over its replicas (through nginx, the statistics would be those of
-    whichever replica nginx picked)."""
+    statistics' batch_stats, over HTTP), summed over the server's `statistics_urls` (behind a
+    load balancer, its replicas'); None when the statistics cannot be read."""
     from tritonclient.utils import InferenceServerException
 
-    servers = server.replicas.servers if isinstance(server, LoadBalancer) else [server]
     total: dict[int, int] = {}
     try:
-        for one in servers:
-            for size, n in clients.batch_size_counts(clients.model_stats(one.http_url,
-                                                                         model)).items():
+        for url in server.statistics_urls:
+            for size, n in clients.batch_size_counts(clients.model_stats(url, model)).items():
                 total[size] = total.get(size, 0) + n
     except (InferenceServerException, OSError, KeyError, IndexError):
         return None

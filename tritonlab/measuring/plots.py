@@ -607,3 +607,71 @@ def config_search(points: pd.DataFrame, hand: pd.DataFrame, budget_ms: float,
     _legend_outside(ax, handles=list(pairs.values()), labels=list(pairs))
     ax.set_title(title)
     return _finish(fig, name)
+
+
+def replicas(table: pd.DataFrame, name: str | None = None,
+             title: str = "One replica against replicas behind nginx"):
+    """`measuring.replicas.compare`'s table: one column of panels per protocol, throughput
+    (infer/s) on top and p95 latency (ms) below, a bar per setup at each concurrency level,
+    each labelled with its value."""
+    sns = _seaborn()
+    protocols = list(dict.fromkeys(table["protocol"]))
+    fig, axes = plt.subplots(2, len(protocols), figsize=(4.6 * len(protocols) + 2.2, 6.4),
+                             squeeze=False, sharey="row")
+    order = list(dict.fromkeys(table["setup"]))
+    for col, protocol in enumerate(protocols):
+        part = table[table["protocol"] == protocol]
+        for row, (column, label) in enumerate(((THROUGHPUT, "throughput (infer/s)"),
+                                               ("p95 latency (ms)", "p95 latency (ms)"))):
+            ax = axes[row][col]
+            sns.barplot(data=part, x="concurrency", y=column, hue="setup", hue_order=order,
+                        errorbar=None, ax=ax)
+            for bars in ax.containers:
+                ax.bar_label(bars, fmt="%.0f" if column == THROUGHPUT else "%.1f",
+                             fontsize=8, padding=2)
+            ax.set(xlabel="concurrent requests" if row else "", ylabel=label if not col else "",
+                   title=protocol.upper() if not row else "")
+            if ax.get_legend() is not None:
+                ax.get_legend().remove()
+            ax.set_ylim(0, None)
+    _legend_outside(axes[0][-1], "setup", *axes[0][-1].get_legend_handles_labels())
+    fig.suptitle(title)
+    return _finish(fig, name)
+
+
+def replicas_needed(points: Mapping[str, object], utilization: float,
+                    traffic: Sequence[float], name: str | None = None,
+                    title: str = "Replicas needed against traffic (a calculation)"):
+    """For each operating point of `points` (capacity.OperatingPoint, or None: left out), the
+    replicas a traffic of 0 to 1.2 x max(`traffic`) uploads/min needs at `utilization`, as a
+    step line; the planned traffic levels as dotted lines. A log y-axis when the counts spread
+    far apart."""
+    import math
+
+    import numpy as np
+
+    sns = _seaborn()
+    top = 1.2 * max(traffic)
+    per_minute = np.linspace(1, top, 400)
+    rows = []
+    for served, point in points.items():
+        if point is None:
+            continue
+        per_replica = point.throughput * utilization * 60  # uploads/min one replica is planned for
+        rows += [{"uploads/min": x, "replicas": max(1, math.ceil(x / per_replica)),
+                  "served": f"{served} ({point.throughput:.1f} infer/s, p95 budget "
+                            f"{point.budget_ms:g} ms)"} for x in per_minute]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    if rows:
+        data = pd.DataFrame(rows)
+        sns.lineplot(data=data, x="uploads/min", y="replicas", hue="served", drawstyle="steps-post",
+                     ax=ax)
+        _scale(ax, data["replicas"])
+    for level in traffic:
+        ax.axvline(level, ls=":", color="0.4", lw=1)
+        ax.annotate(f"{level:,.0f}/min", (level, 1), xytext=(3, 3), textcoords="offset points",
+                    fontsize=8, color="0.3")
+    ax.set(xlabel="uploads per minute (one request each)", ylabel="replicas",
+           title=f"{title}\neach replica planned at {utilization:.0%} of its measured throughput")
+    _legend_outside(ax, "served")
+    return _finish(fig, name)

@@ -14,29 +14,32 @@ import os
 import re
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
-import requests
 
 from .. import settings
 from ..common import atomic_write, log
 from ..serving import deploy
 from ..serving.replicas import LoadBalancer, Replicas, nginx_version
-from . import metrics, perf
-from .results import P50, P95, P99, THROUGHPUT
+from . import metrics, perf, reports
+from .results import P50, P95, P99, REQUESTS, THROUGHPUT
 
-#: The two setups `compare` measures.
+#: The setups `compare` can measure: one replica reached directly, the same behind nginx (what
+#: the hop through the load balancer costs alone), and two replicas behind nginx.
 ONE = "1 replica"
+ONE_BEHIND = "1 replica behind nginx"
 TWO = "2 replicas behind nginx"
-#: A throughput ratio within this fraction of 1 is "no clear change": run-to-run noise on a
-#: shared 2-core machine is about that large.
-NO_CLEAR_CHANGE = 0.10
-#: The tidy table's columns (`compare`).
+SETUPS = {ONE: (1, False), ONE_BEHIND: (1, True), TWO: (2, True)}
+#: A throughput ratio within this fraction of 1 is "no clear change": the tolerance the course's
+#: verdicts use where a row records none (reports.DEFAULT_TOLERANCE_PERCENT).
+NO_CLEAR_CHANGE = reports.DEFAULT_TOLERANCE_PERCENT / 100
+#: The tidy table's columns (`compare`); REQUESTS: how many requests a level's figures rest on.
 COLUMNS = ["setup", "replicas", "protocol", "concurrency", THROUGHPUT, "p50 latency (ms)",
-           "p95 latency (ms)", "p99 latency (ms)", "mean batch size"]
+           "p95 latency (ms)", "p99 latency (ms)", "mean batch size", REQUESTS]
 
 
 def default_settings() -> perf.PerfSettings:
@@ -57,8 +60,7 @@ def _infer_request(entry: dict, model: str) -> bool:
 
 def request_successes(metrics_url: str, model: str) -> float:
     """Triton's `nv_inference_request_success` for `model` (all versions) at `metrics_url`."""
-    text = requests.get(metrics_url, timeout=5).text
-    return metrics.snapshot(metrics.parse(text), model)["request_success"]
+    return metrics.read(metrics_url, model)["request_success"]
 
 
 class Split:
@@ -122,8 +124,13 @@ class Split:
     @property
     def agree(self) -> bool:
         """Whether the replicas' metrics and nginx's access log count the same requests."""
-        return (not self.table.empty and (self.table["requests (Triton metrics)"]
-                                          == self.table["requests (nginx log)"]).all())
+        return _counts_agree(self.table)
+
+
+def _counts_agree(table: pd.DataFrame) -> bool:
+    """Whether a `Split.table`'s two counts are the same for every replica."""
+    return bool(not table.empty and (table["requests (Triton metrics)"]
+                                     == table["requests (nginx log)"]).all())
 
 
 def split(balancer: LoadBalancer, model: str = "food_classifier") -> Split:
@@ -145,9 +152,8 @@ def explain_split(table: pd.DataFrame) -> str:
         return "No requests were counted."
     parts = [f"replica {r['replica']} served {r['requests (nginx log)']} requests "
              f"({r['share (%)']:.0f} %)" for _, r in table.iterrows()]
-    same = (table["requests (Triton metrics)"] == table["requests (nginx log)"]).all()
     check = ("The two counts agree: nginx's access log and each replica's own metrics count the "
-             "same requests." if same else
+             "same requests." if _counts_agree(table) else
              "The two counts differ: the replicas' metrics count "
              + ", ".join(str(n) for n in table["requests (Triton metrics)"])
              + " and nginx's access log "
@@ -174,16 +180,19 @@ def _tidy(run: perf.PerfRun, setup: str, replicas: int, protocol: str) -> pd.Dat
     # what the replicas' dynamic batchers made of the requests (all replicas together)
     out["mean batch size"] = [mean_batch_size(run.batch_counts.get(int(level), {}))
                               for level in out["concurrency"]]
+    out[REQUESTS] = df[REQUESTS] if REQUESTS in df else None
     return out
 
 
 def compare(repository: Path | str | None = None, variant: str = "fastest",
             opts: perf.PerfSettings | None = None, protocols: Sequence[str] = ("http", "grpc"),
             method: str = "round_robin", state_dir: Path | str | None = None,
-            model: str = "food_classifier", save: bool = True) -> pd.DataFrame:
-    """Measure `model`, served as the classifier `variant` (deploy.prepare_variant), on one
-    replica alone and on two replicas behind nginx (`method`), with perf_analyzer at the same
-    levels (`opts`, default `default_settings()`) over each of `protocols`.
+            model: str = "food_classifier", save: bool = True,
+            setups: Sequence[str] = (ONE, TWO)) -> pd.DataFrame:
+    """Measure `model`, served as the classifier `variant` (deploy.prepare_variant), in each of
+    `setups` (SETUPS: one replica alone, one behind nginx, two behind nginx, balanced by
+    `method`), with perf_analyzer at the same levels (`opts`, default `default_settings()`)
+    over each of `protocols`.
 
     Each setup gets replicas of its own, on `repository` (default: the served one), started
     for it and stopped after it (state under `state_dir`, default <state>/replicas); each
@@ -191,38 +200,43 @@ def compare(repository: Path | str | None = None, variant: str = "fastest",
     (COLUMNS: one row per setup, protocol and level; throughput in infer/s, latencies in ms,
     and the mean batch size the replicas' Triton statistics counted, in images per execution).
     Its `attrs` hold `splits` ({protocol: Split.table} for the two replicas), `plans` ({setup:
-    threads on cores}), `cores` (os.cpu_count()) and `path` (the saved JSON file, with a CSV
+    threads on cores}), `ready` ({setup: {'start (s)': seconds until every replica was live,
+    'load (s)': seconds to load the variant on them}}), `cores` (os.cpu_count()) and `path` (the saved JSON file, with a CSV
     beside it, under <results>/replicas/, when `save`). Raises perf.PerfError or a
     serving error (NginxMissing: run `make system-deps`) saying what to do.
     """
+    unknown = [s for s in setups if s not in SETUPS]
+    if unknown or not setups:
+        raise ValueError(f"setups {unknown or '(none)'}: choose from {list(SETUPS)}")
     repository = Path(repository or settings.model_repository())
     state = Path(state_dir) if state_dir else settings.state_dir() / "replicas"
     opts = opts or default_settings()
     nginx = nginx_version()  # before any measuring: NginxMissing if it is not installed
     cfg, _ = deploy.prepare_variant(variant, repository)  # the ONNX export, if it needs one
-    frames, splits, plans, commands = [], {}, {}, []
-    for count, setup in ((1, ONE), (2, TWO)):
-        replicas = Replicas(count, repository, state / f"{count}-replicas", models=())
+    frames, splits, plans, ready, commands = [], {}, {}, {}, []
+    for setup in setups:
+        count, behind = SETUPS[setup]
+        folder = f"{count}-replicas" + ("-nginx" if behind else "")
+        replicas = Replicas(count, repository, state / folder, models=())
         balancer = None
         try:
-            replicas.start()
-            replicas.serve(cfg)
+            started = replicas.start()
+            loaded = replicas.serve(cfg)
+            ready[setup] = {"start (s)": round(started, 1), "load (s)": round(loaded, 1)}
             plans[setup] = replicas.plan()
             target = replicas[0]
-            if count > 1:
-                balancer = LoadBalancer(replicas, state / "nginx", method=method)
+            if behind:
+                balancer = LoadBalancer(replicas, state / f"{folder}-balancer", method=method)
                 balancer.start()
                 target = balancer
             for protocol in protocols:
                 run_opts = replace(opts, protocol=protocol)
                 label = f"{setup} ({protocol})"
-                if balancer is None:
+                # one replica alone: nothing to split
+                with split(balancer, model) if balancer else nullcontext() as served:
                     run = perf.run(target, model, label, run_opts, save=False,
                                    sample_metrics=False)
-                else:
-                    with split(balancer, model) as served:
-                        run = perf.run(target, model, label, run_opts, save=False,
-                                       sample_metrics=False)
+                if served is not None and count > 1:
                     splits[protocol] = served.table
                     log.info(f"{protocol}: {explain_split(served.table)}")
                 commands += run.meta["commands"]
@@ -232,11 +246,12 @@ def compare(repository: Path | str | None = None, variant: str = "fastest",
                 balancer.stop()
             replicas.stop()
     df = pd.concat(frames, ignore_index=True)[COLUMNS]
-    df.attrs.update(splits=splits, plans=plans, cores=os.cpu_count())
+    df.attrs.update(splits=splits, plans=plans, ready=ready, cores=os.cpu_count())
     if save:
         df.attrs["path"] = _save(df, {
             "variant": variant, "model": model, "method": method, "nginx": nginx,
-            "cores": os.cpu_count(), "plans": plans, "quick": settings.quick_mode(),
+            "cores": os.cpu_count(), "plans": plans, "ready": ready,
+            "quick": settings.quick_mode(),
             "measurement_ms": opts.measurement_ms, "commands": commands,
             "splits": {p: json.loads(t.to_json(orient="records")) for p, t in splits.items()}})
     return df
@@ -266,17 +281,33 @@ def explain(df: pd.DataFrame, tolerance: float = NO_CLEAR_CHANGE) -> str:
             continue
         one, two = by_setup.loc[ONE], by_setup.loc[TWO]
         ratio = two[THROUGHPUT] / one[THROUGHPUT]
-        ratios.append(ratio)
+        # a level resting on too few requests carries no verdict (reports.MIN_REQUESTS)
+        counted = REQUESTS in group and group[REQUESTS].notna().all()
+        judged = not counted or (reports.enough_requests(one) and reports.enough_requests(two))
+        if judged:
+            ratios.append(ratio)
+        words = (_words(ratio, tolerance) if judged else
+                 f"too few requests to judge, fewer than {reports.MIN_REQUESTS} at one setup")
         line = (f"{protocol.upper()} at concurrency {level}: {two[THROUGHPUT]:.0f} infer/s "
                 f"with two replicas behind nginx against {one[THROUGHPUT]:.0f} with one "
-                f"({ratio:.2f}x: {_words(ratio, tolerance)}); p95 "
+                f"({ratio:.2f}x: {words}); p95 "
                 f"{two['p95 latency (ms)']:.1f} ms against {one['p95 latency (ms)']:.1f} ms")
         if "mean batch size" in group and group["mean batch size"].notna().all():
             line += (f"; mean batch {two['mean batch size']:.1f} against "
                      f"{one['mean batch size']:.1f} images")
+        if ONE_BEHIND in by_setup.index:
+            hop = by_setup.loc[ONE_BEHIND]
+            hop_ratio = hop[THROUGHPUT] / one[THROUGHPUT]
+            hop_judged = not counted or (reports.enough_requests(hop)
+                                         and reports.enough_requests(one))
+            hop_words = _words(hop_ratio, tolerance) if hop_judged else "too few requests"
+            line += (f". The hop alone (one replica behind nginx): {hop[THROUGHPUT]:.0f} "
+                     f"infer/s ({hop_ratio:.2f}x: {hop_words}), p95 "
+                     f"{hop['p95 latency (ms)']:.1f} ms")
         lines.append(line + ".")
     if not ratios:
-        return "The table has no level measured with both setups."
+        return "\n".join(["No level was measured with both setups on enough requests to "
+                          "judge.", *lines])
     verdicts = {_words(r, tolerance) for r in ratios}
     if len(ratios) == 1:
         overall = (f"Two replicas gave {ratios[0]:.2f}x the throughput of one at the one level "

@@ -247,11 +247,7 @@ class EmbeddedTriton(TritonServer):
     # --- stop ---------------------------------------------------------------------------------
     def _terminate(self, timeout: float) -> None:
         if self._proc is not None:
-            _kill_tree(self._proc.pid, timeout)
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+            stop_child(self._proc, timeout)
             self._proc = None
         self._stop_recorded(timeout)
         if self._log_handle is not None:
@@ -265,21 +261,37 @@ class EmbeddedTriton(TritonServer):
         return self.recorded() is not None
 
     def exit_description(self) -> str:
-        if self._proc is not None and self._proc.poll() is not None:
-            code = self._proc.returncode
-            if code < 0:
-                try:
-                    return f"Triton was killed by {signal.Signals(-code).name}"
-                except ValueError:
-                    pass
-            return f"Triton exited with code {code}"
-        return "Triton is not running"
+        return describe_exit(self._proc, "Triton") or "Triton is not running"
 
     def log_text(self) -> str:
         try:
             return self.log_file.read_text(errors="replace")
         except OSError:
             return ""
+
+
+def stop_child(proc: subprocess.Popen, timeout: float) -> None:
+    """Stop a process this one started, and every process it started (`_kill_tree`), then
+    reap it so that it leaves no zombie."""
+    _kill_tree(proc.pid, timeout)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def describe_exit(proc: subprocess.Popen | None, what: str) -> str | None:
+    """How a process this one started ended ('<what> was killed by SIGKILL', '<what> exited
+    with code 1'); None while it runs, or when there is none."""
+    if proc is None or proc.poll() is None:
+        return None
+    code = proc.returncode
+    if code < 0:
+        try:
+            return f"{what} was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"{what} exited with code {code}"
 
 
 def _kill_tree(pid: int, timeout: float) -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from .. import settings
+from ..common import atomic_write
 from ..settings import TritonAddress
 from .docker import restriction_flags
 
@@ -496,8 +497,7 @@ def write(folder: Path | str, docs: Iterable[dict]) -> list[Path]:
     paths = []
     for i, doc in enumerate(docs, start=1):
         path = folder / f"{i:02d}-{doc['kind'].lower()}-{doc['metadata']['name']}.yaml"
-        path.write_text(BANNER + to_yaml(doc))
-        paths.append(path)
+        paths.append(atomic_write(path, BANNER + to_yaml(doc)))
     return paths
 
 

@@ -22,7 +22,6 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -37,7 +36,14 @@ from .. import settings
 from ..common import log, poll_until
 from ..settings import TritonAddress, free_ports
 from . import configs, devices
-from .embedded import EmbeddedTriton, _kill_tree, _set_parent_death_signal, port_owner
+from .embedded import (
+    EmbeddedTriton,
+    _kill_tree,
+    _set_parent_death_signal,
+    describe_exit,
+    port_owner,
+    stop_child,
+)
 from .server import PortInUseError, ServerError
 
 
@@ -288,6 +294,12 @@ class LoadBalancer:
 
     metrics_url = None  # nginx does not merge the replicas' metrics; each has its own
 
+    @property
+    def statistics_urls(self) -> list[str]:
+        """Where the statistics of what nginx passed on are: every replica's HTTP endpoint
+        (through nginx, a statistics request would reach one replica only)."""
+        return self.replicas.http_urls
+
     def __init__(self, replicas: Replicas, folder: Path | str | None = None,
                  method: str = "round_robin", binary: str | Path | None = None,
                  keepalive: int = 32, timeout_s: int = 300) -> None:
@@ -519,11 +531,7 @@ http {{
         """Stop nginx (SIGTERM: nginx's fast shutdown) and its worker, killing what is left
         after `timeout` s; also one an earlier session left on this folder."""
         if self._proc is not None:
-            _kill_tree(self._proc.pid, timeout)
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+            stop_child(self._proc, timeout)
             self._proc = None
         self._stop_recorded(timeout)
         if self._out is not None:
@@ -594,15 +602,8 @@ http {{
         return answer.json() if answer is not None and answer.ok else None
 
     def exit_description(self) -> str:
-        if self._proc is not None and self._proc.poll() is not None:
-            code = self._proc.returncode
-            if code < 0:
-                try:
-                    return f"nginx was killed by {signal.Signals(-code).name}"
-                except ValueError:
-                    pass
-            return f"nginx exited with code {code}"
-        return "nginx is running" if self.is_running() else "nginx is not running"
+        return describe_exit(self._proc, "nginx") or (
+            "nginx is running" if self.is_running() else "nginx is not running")
 
     def logs(self, lines: int = 40, **_) -> str:
         """The last `lines` of nginx's error log and of what it printed (each replica keeps its

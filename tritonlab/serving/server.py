@@ -80,6 +80,12 @@ class TritonServer(ABC):
     def metrics_url(self) -> str:
         return self.address.metrics_url
 
+    @property
+    def statistics_urls(self) -> list[str]:
+        """The HTTP endpoints whose model statistics together count what this server answered:
+        its own (a load balancer in front of replicas gives theirs)."""
+        return [self.http_url]
+
     def client(self, timeout: float = 5.0) -> httpclient.InferenceServerClient:
         """A tritonclient HTTP client for this server (close it when done)."""
         return httpclient.InferenceServerClient(self.http_url, connection_timeout=timeout,
