@@ -317,7 +317,7 @@ def test_a_quick_compare_measures_both_setups(classifier_repository, perf_input,
     # one short level, over HTTP only: shortened for test speed
     opts = perf.PerfSettings.for_course([4, 8], quick_concurrency=[4], input_data=str(perf_input))
     df = measured.compare(classifier_repository, opts=opts, protocols=("http",),
-                          state_dir=tmp_path / "state")
+                          state_dir=tmp_path / "state", setups=(measured.ONE, measured.TWO))
     assert list(df.columns) == measured.COLUMNS
     assert list(df["setup"]) == [measured.ONE, measured.TWO]
     assert list(df["concurrency"]) == [4, 4] and (df[THROUGHPUT] > 0).all()

@@ -188,7 +188,7 @@ def compare(repository: Path | str | None = None, variant: str = "fastest",
             opts: perf.PerfSettings | None = None, protocols: Sequence[str] = ("http", "grpc"),
             method: str = "round_robin", state_dir: Path | str | None = None,
             model: str = "food_classifier", save: bool = True,
-            setups: Sequence[str] = (ONE, TWO)) -> pd.DataFrame:
+            setups: Sequence[str] = (ONE, ONE_BEHIND, TWO)) -> pd.DataFrame:
     """Measure `model`, served as the classifier `variant` (deploy.prepare_variant), in each of
     `setups` (SETUPS: one replica alone, one behind nginx, two behind nginx, balanced by
     `method`), with perf_analyzer at the same levels (`opts`, default `default_settings()`)
