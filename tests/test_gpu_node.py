@@ -269,3 +269,49 @@ def test_the_gpu_node_serves_the_same_warmed_up_configs():
                 assert (settings.MODEL_REPOSITORY / name / "warmup" / spec.input_data_file
                         ).is_file(), f"{name}: warm-up file {spec.input_data_file} missing"
     assert "pillow-heif==" in (settings.ROOT / "requirements" / "triton-image.txt").read_text()
+
+
+GPU_DOCKER = """#!/bin/sh
+# A stand-in docker CLI on the GPU node: `docker exec triton nvidia-smi ...` lists two P100s,
+# or fails as Docker does while the container is stopped (STOPPED set).
+echo "$*" >> "$DOCKER_CALLS"
+if [ -n "$STOPPED" ]; then
+  echo "Error response from daemon: container triton is not running" >&2; exit 1
+fi
+if [ "$1 $2 $3" = "exec triton nvidia-smi" ]; then
+  printf 'Tesla P100-PCIE-16GB\\nTesla P100-PCIE-16GB\\n'; exit 0
+fi
+exit 1
+"""
+
+
+def test_in_docker_mode_the_gpus_are_counted_in_the_triton_container(tmp_path, monkeypatch):
+    """The Jupyter container has no GPU and no nvidia-smi: counting there would turn every GPU
+    variant into CPU instances (configs.for_this_machine) on a node with two P100s."""
+    from tritonlab.serving import configs, devices
+
+    (tmp_path / "docker").write_text(GPU_DOCKER)
+    (tmp_path / "docker").chmod(0o755)
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("DOCKER_CALLS", str(calls))
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.setenv("TRITONLAB_MODE", "docker")
+    devices.forget_gpus()
+    try:
+        monkeypatch.setenv("STOPPED", "1")  # not remembered: asked again once it runs
+        assert devices.gpu_count() == 0
+        monkeypatch.delenv("STOPPED")
+        assert devices.gpu_names() == ("Tesla P100-PCIE-16GB",) * 2
+        assert calls.read_text().splitlines()[-1] == \
+            "exec triton nvidia-smi --query-gpu=name --format=csv,noheader"
+        two_gpus = configs.classifier_config(
+            instance_groups=[{"count": 1, "kind": "KIND_GPU", "gpus": [0]},
+                             {"count": 1, "kind": "KIND_GPU", "gpus": [1]}])
+        runnable, note = configs.for_this_machine(two_gpus, devices.gpu_count())
+        assert not note and [g.kind for g in runnable.instance_group] == [
+            two_gpus.instance_group[0].kind] * 2
+        monkeypatch.setenv("TRITONLAB_MODE", "embedded")  # embedded here: no GPU, no docker ask
+        devices.forget_gpus()
+        assert devices.gpu_names() == ()
+    finally:
+        devices.forget_gpus()

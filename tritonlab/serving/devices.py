@@ -9,18 +9,51 @@ import subprocess
 from functools import lru_cache
 
 
-@lru_cache(maxsize=1)
+#: Where the GPUs are on the GPU node: compose.yaml's `triton` container holds them and runs
+#: Triton's model instances; the Jupyter container, where the notebooks run, has none (and no
+#: nvidia-smi), so there the GPUs are counted inside `triton`, through the Docker socket.
+TRITON_CONTAINER = "triton"
+_GPU_QUERY = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+_found_gpus: tuple[str, ...] | None = None
+
+
+def _gpu_query() -> tuple[list[str], str] | None:
+    """The command that lists the GPUs Triton's instances can use, and where it runs; None
+    when there is no way to ask (no nvidia-smi here, and not the GPU node's Docker mode)."""
+    if shutil.which("nvidia-smi"):
+        return _GPU_QUERY, "this machine"
+    docker_mode = os.environ.get("TRITONLAB_MODE", "").strip().lower() == "docker"
+    if docker_mode and shutil.which("docker"):
+        return (["docker", "exec", TRITON_CONTAINER, *_GPU_QUERY],
+                f"the '{TRITON_CONTAINER}' container")
+    return None
+
+
 def gpu_names() -> tuple[str, ...]:
-    """Names of the NVIDIA GPUs `nvidia-smi` lists (none on a CPU-only machine)."""
-    if not shutil.which("nvidia-smi"):
+    """Names of the NVIDIA GPUs `nvidia-smi` lists where Triton runs: on this machine, or in
+    compose's `triton` container in Docker mode (TRITONLAB_MODE=docker, the GPU node's Jupyter
+    container). () on a CPU-only machine, and while that container is not running (not
+    remembered then: asked again next time; a list once found is remembered)."""
+    global _found_gpus
+    if _found_gpus is not None:
+        return _found_gpus
+    query = _gpu_query()
+    if query is None:
         return ()
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(query[0], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return ()
-    return tuple(ln.strip() for ln in out.stdout.splitlines() if ln.strip()) \
-        if out.returncode == 0 else ()
+    if out.returncode != 0:
+        return ()
+    _found_gpus = tuple(ln.strip() for ln in out.stdout.splitlines() if ln.strip())
+    return _found_gpus
+
+
+def forget_gpus() -> None:
+    """Ask nvidia-smi again at the next `gpu_names()` (tests; a GPU added while running)."""
+    global _found_gpus
+    _found_gpus = None
 
 
 def gpu_count() -> int:
