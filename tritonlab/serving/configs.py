@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from google.protobuf import descriptor_pool, json_format, text_format
@@ -399,6 +400,32 @@ def for_this_machine(cfg: mc.ModelConfig, gpu_count: int) -> tuple[mc.ModelConfi
             f"shown; here its {len(needs)} KIND_GPU instance group(s) run as KIND_CPU groups of "
             "the same count, so the numbers below are CPU numbers.")
     return runnable, note
+
+
+def on_gpus(cfg: mc.ModelConfig, gpus: Sequence[int]) -> mc.ModelConfig:
+    """A copy of `cfg` whose instances run on `gpus`, as notebook 04's two-GPU config places
+    them: every instance group that names no GPU (a KIND_CPU or KIND_AUTO group, or a KIND_GPU
+    group without `gpus`) becomes one KIND_GPU group per GPU, each of the group's count (2 CPU
+    instances -> 2 on GPU 0 and 2 on GPU 1). A KIND_GPU group that already names its GPUs is
+    kept as it is; threads, batching and the rest are unchanged. Raises ValueError when `gpus`
+    is empty."""
+    if not gpus:
+        raise ValueError("on_gpus needs at least one GPU index, such as [0, 1]")
+    placed = mc.ModelConfig()
+    placed.CopyFrom(cfg)
+    placed.ClearField("instance_group")
+    for group in cfg.instance_group or [mc.ModelInstanceGroup(count=1)]:
+        if group.kind == mc.ModelInstanceGroup.KIND_GPU and group.gpus:
+            placed.instance_group.add().CopyFrom(group)
+            continue
+        for gpu in gpus:
+            spread = placed.instance_group.add()
+            spread.CopyFrom(group)
+            spread.ClearField("name")  # Triton names each group after the model and its index
+            spread.kind = mc.ModelInstanceGroup.KIND_GPU
+            spread.count = group.count or 1
+            spread.gpus[:] = [gpu]
+    return placed
 
 
 def to_text(cfg: mc.ModelConfig) -> str:

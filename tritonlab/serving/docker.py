@@ -50,6 +50,26 @@ def restriction_flags(key: str) -> list[str]:
             f"--grpc-restricted-protocol={RESTRICTED}:{KEY_HEADER.lower()}={key}"]
 
 
+def docker_command(docker: str, *args: str, check: bool = True,
+                   container: str = "triton") -> subprocess.CompletedProcess:
+    """Run `<docker> <args>` (the docker CLI), its output captured as text. ServerError when
+    there is no docker CLI here, or with Docker's message when it fails and `check` (saying
+    how to create `container` when Docker says it does not exist)."""
+    if not shutil.which(docker):
+        raise ServerError("The docker command is not available here: Docker mode runs on the "
+                          "GPU node (TRITONLAB_MODE=embedded uses the embedded Triton).")
+    proc = subprocess.run([docker, *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        # `docker start` says "No such container", `docker inspect` "No such object"
+        missing = "No such container" in proc.stderr or "No such object" in proc.stderr
+        raise ServerError(
+            f"`docker {' '.join(args)}` failed: {proc.stderr.strip()}"
+            + (f"\nThe container '{container}' does not exist yet: create it on the "
+               "node with `bash tritonlab/gpu_node_setup.sh containers` (notebook 00)."
+               if missing else ""))
+    return proc
+
+
 class DockerTriton(TritonServer):
     """The `triton` container of compose.yaml on the GPU node (see the module's text)."""
 
@@ -65,18 +85,7 @@ class DockerTriton(TritonServer):
 
     def _docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run `docker <args>`; ServerError with Docker's message when it fails and `check`."""
-        if not shutil.which(self.docker):
-            raise ServerError("The docker command is not available here: Docker mode runs on the "
-                              "GPU node (TRITONLAB_MODE=embedded uses the embedded Triton).")
-        proc = subprocess.run([self.docker, *args], capture_output=True, text=True)
-        if check and proc.returncode != 0:
-            missing = "No such container" in proc.stderr
-            raise ServerError(
-                f"`docker {' '.join(args)}` failed: {proc.stderr.strip()}"
-                + (f"\nThe container '{self.container}' does not exist yet: create it on the "
-                   "node with `bash tritonlab/gpu_node_setup.sh containers` (notebook 00)."
-                   if missing else ""))
-        return proc
+        return docker_command(self.docker, *args, check=check, container=self.container)
 
     # --- TritonServer ------------------------------------------------------------------------
     def _launch(self, models: Sequence[str]) -> None:

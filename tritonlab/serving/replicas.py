@@ -13,15 +13,20 @@ would get alone: `cpu_share` divided by N, or an explicit `num_threads` divided 
 per instance is the least an instance can have, so a config of 2 single-thread instances (the
 fastest classifier) runs 4 threads on a 2-core machine with two replicas: the operating system
 then takes turns between them (`Replicas.plan` says how many threads run on how many cores).
+
+On the GPU node, `serving.docker_replicas.DockerReplicas` offers the same interface with one
+Triton container per GPU on the Docker network; `LoadBalancer` works in front of either.
 """
 
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import os
 import pwd
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -91,6 +96,21 @@ def threads_per_instance(cfg: mc.ModelConfig, cores: int | None = None,
 def instance_count(cfg: mc.ModelConfig) -> int:
     """How many instances of `cfg` one CPU-only Triton runs (every group's count, at least 1)."""
     return max(1, sum(group.count or 1 for group in cfg.instance_group))
+
+
+def thread_plan(replicas: int, cfg: mc.ModelConfig, cores: int | None = None,
+                repository: Path | None = None) -> str:
+    """One sentence: `replicas` servers each running `cfg` (as each loads it), how many threads
+    on how many `cores` (default: this process's usable cores), e.g. '2 replica(s) x 2
+    instance(s) x 1 thread(s) = 4 threads on 2 cores: more threads than cores, ...'."""
+    cores = cores or devices.usable_cores()
+    instances = instance_count(cfg)
+    threads = threads_per_instance(cfg, cores, repository)
+    total = replicas * instances * threads
+    text = (f"{replicas} replica(s) x {instances} instance(s) x {threads} thread(s) = "
+            f"{total} threads on {cores} cores")
+    return text + (": more threads than cores, so the operating system takes turns"
+                   if total > cores else "")
 
 
 # --- the replicas ------------------------------------------------------------------------------
@@ -194,14 +214,7 @@ class Replicas:
         cfg = share_cores(cfg, len(self)) if cfg is not None else self.served
         if cfg is None:
             return "no config served yet (call serve(cfg))"
-        cores = cores or devices.usable_cores()
-        instances = instance_count(cfg)
-        threads = threads_per_instance(cfg, cores, self.model_repository)
-        total = len(self) * instances * threads
-        text = (f"{len(self)} replica(s) x {instances} instance(s) x {threads} thread(s) = "
-                f"{total} threads on {cores} cores")
-        return text + (": more threads than cores, so the operating system takes turns"
-                       if total > cores else "")
+        return thread_plan(len(self), cfg, cores, self.model_repository)
 
     @property
     def http_urls(self) -> list[str]:
@@ -277,8 +290,31 @@ def nginx_version(binary: str | Path | None = None) -> str:
     return (out.stderr or out.stdout).strip().removeprefix("nginx version: ")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an IP address) is this machine's loopback: 'localhost',
+    127.0.0.0/8 or ::1. Any other name (a container's, such as triton-replica-0) is taken as
+    another host."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def loopback_ports(replicas) -> set[int]:
+    """The ports the replicas listen on (HTTP, gRPC, metrics) on this machine's loopback, where
+    nginx's listeners must not take them; a replica on another host (a container on the Docker
+    network) holds none of this machine's ports."""
+    return {port for server in replicas if is_loopback(server.address.host)
+            for port in (server.address.http, server.address.grpc, server.address.metrics)}
+
+
 class LoadBalancer:
     """nginx in front of `replicas`: one HTTP and one gRPC listener on free ports of 127.0.0.1.
+
+    `replicas` is a `Replicas` (embedded servers on this machine's loopback) or a
+    `serving.docker_replicas.DockerReplicas` (containers on the Docker network, which nginx
+    reaches by name): anything with their interface (len, iteration, `http_urls`,
+    `metrics_urls`, `model_repository`, servers with `address` and `api_headers`).
 
     Everything nginx needs or writes lives in `folder` (its prefix, `-p`): nginx.conf, its pid
     file, error.log, access.log (LOG_FORMAT), temporary files. `method` is 'round_robin' or
@@ -311,15 +347,16 @@ class LoadBalancer:
         self.binary = binary  # None: look for it (nginx_binary) when starting
         self.keepalive = keepalive  # idle connections to the replicas kept open, per upstream
         self.timeout_s = timeout_s  # longest wait for a replica's answer
-        taken = {p for s in replicas for p in (s.address.http, s.address.grpc, s.address.metrics)}
+        taken = loopback_ports(replicas)
         ports = free_ports(2)
-        while taken & set(ports):  # a replica not started yet may not hold its ports yet
+        while taken & set(ports):  # a replica here not started yet may not hold its ports yet
             ports = free_ports(2)
         self.http_port, self.grpc_port = ports
         self.model_repository = replicas.model_repository
         self._proc: subprocess.Popen | None = None
         self._out = None
         self._exit_hook = False
+        self._upstreams: dict[str, int] | None = None  # 'IP:port' -> replica (resolve_upstreams)
 
     # --- where things are ---------------------------------------------------------------------
     @property
@@ -334,7 +371,8 @@ class LoadBalancer:
 
     @property
     def mode(self) -> str:
-        return f"nginx ({self.method}) over {len(self.replicas)} embedded Triton replicas"
+        return (f"nginx ({self.method}) over {len(self.replicas)} {self.replicas[0].mode} "
+                "Triton replicas")
 
     @property
     def config_file(self) -> Path:
@@ -357,12 +395,34 @@ class LoadBalancer:
         return (f"nginx HTTP http://{self.http_url}  gRPC {self.grpc_url}  -> "
                 f"{len(self.replicas)} replicas ({self.method})")
 
-    def replica_of(self, upstream: str) -> int | None:
-        """Which replica (its index) listens at `upstream` ('host:port', HTTP or gRPC)."""
+    def resolve_upstreams(self) -> dict[str, int]:
+        """Every 'host:port' nginx may write in $upstream_addr for a replica's HTTP or gRPC
+        port, with the replica's index. nginx resolves a replica's name when it reads its
+        config and logs the address it connected to ('172.18.0.3:8000' for
+        triton-replica-0:8000; '[::1]:8000' for IPv6): the names are resolved here the same
+        way (socket.getaddrinfo), once, at `start`. The names themselves are kept too; a name
+        that does not resolve maps by name only."""
+        found: dict[str, int] = {}
         for i, server in enumerate(self.replicas):
-            if upstream in (server.http_url, server.grpc_url):
-                return i
-        return None
+            for url in (server.http_url, server.grpc_url):
+                found[url] = i
+                host, port = url.rsplit(":", 1)
+                try:
+                    infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+                except OSError:
+                    continue
+                for *_, sockaddr in infos:
+                    ip = sockaddr[0]
+                    found[f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"] = i
+        self._upstreams = found
+        return found
+
+    def replica_of(self, upstream: str) -> int | None:
+        """Which replica (its index) listens at `upstream` ('host:port' or 'IP:port' as nginx
+        logs it, HTTP or gRPC; see `resolve_upstreams`), or None."""
+        if self._upstreams is None:
+            self.resolve_upstreams()
+        return self._upstreams.get(upstream)
 
     # --- the config ---------------------------------------------------------------------------
     def config_text(self) -> str:
@@ -494,6 +554,7 @@ http {{
         self._stop_recorded()  # one left by an earlier session on this folder
         self.write_config()
         self.check_config()
+        self.resolve_upstreams()  # the addresses nginx has just resolved the names to
         for label, port in (("HTTP", self.http_port), ("gRPC", self.grpc_port)):
             owner = port_owner(port)
             if owner:
@@ -563,9 +624,11 @@ http {{
             return self._proc.poll() is None
         return self.recorded_pid() is not None
 
-    def _get(self, path: str, timeout: float = 2.0) -> requests.Response | None:
+    def _get(self, path: str, timeout: float = 2.0,
+             headers: dict[str, str] | None = None) -> requests.Response | None:
         try:
-            return requests.get(f"http://{self.http_url}{path}", timeout=timeout)
+            return requests.get(f"http://{self.http_url}{path}", timeout=timeout,
+                                headers=headers)
         except requests.RequestException:
             return None
 
@@ -597,8 +660,10 @@ http {{
         return answer.json().get("version") if answer is not None and answer.ok else None
 
     def model_config(self, name: str) -> dict | None:
-        """The config of `name` as the replica nginx picked serves it (JSON), or None."""
-        answer = self._get(f"/v2/models/{name}/config")
+        """The config of `name` as the replica nginx picked serves it (JSON), or None. Sent with
+        the replicas' key header where their model-config API is restricted (Docker mode)."""
+        answer = self._get(f"/v2/models/{name}/config",
+                           headers=self.replicas[0].api_headers or None)
         return answer.json() if answer is not None and answer.ok else None
 
     def exit_description(self) -> str:
@@ -643,5 +708,5 @@ http {{
 
 
 __all__ = ["METHODS", "LoadBalancer", "NginxConfigError", "NginxError", "NginxMissing",
-           "Replicas", "nginx_binary", "nginx_version", "parse_access_line",
-           "share_cores"]
+           "Replicas", "is_loopback", "loopback_ports", "nginx_binary", "nginx_version",
+           "parse_access_line", "share_cores", "thread_plan"]
