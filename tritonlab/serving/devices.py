@@ -8,7 +8,6 @@ import shutil
 import subprocess
 from functools import lru_cache
 
-
 #: Where the GPUs are on the GPU node: compose.yaml's `triton` container holds them and runs
 #: Triton's model instances; the Jupyter container, where the notebooks run, has none (and no
 #: nvidia-smi), so there the GPUs are counted inside `triton`, through the Docker socket.
