@@ -7,6 +7,7 @@ the tests that need none.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -19,7 +20,8 @@ from tritonlab.common import quiet
 from tritonlab.serving.embedded import EmbeddedTriton
 from tritonlab.settings import TritonAddress, free_ports
 
-__all__ = ["free_ports", "make_repository", "tritonservers_in"]  # imported by the tests
+# imported by the tests
+__all__ = ["free_ports", "make_repository", "network_check", "tritonservers_in"]
 
 
 SERVER_FIXTURES = {"triton", "repository"}  # a real server, or a repository to start one on
@@ -29,6 +31,34 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.server)
+
+
+#: Checks that mostly wait on the package index (the GPU images' pins resolved by pip,
+#: tests/test_images.py), started in one background thread as soon as the tests are collected,
+#: so they wait while the other tests use the cores: {name: Future}. A test takes its result
+#: with `network_check(name)`; only started when such a test was selected.
+NETWORK_CHECKS: dict[str, Future] = {}
+
+
+def pytest_collection_finish(session):
+    if not any(item.get_closest_marker("network") and item.path.name == "test_images.py"
+               for item in session.items):
+        return
+    from tritonlab.serving import images
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="network-check")
+    for img in images.IMAGES:
+        NETWORK_CHECKS[f"resolve_image:{img.name}"] = pool.submit(images.resolve_image, img)
+    NETWORK_CHECKS["resolve_venvs:triton"] = pool.submit(images.resolve_venvs,
+                                                         images.image("triton"))
+    pool.shutdown(wait=False)
+
+
+def network_check(name: str, function, *args):
+    """The result of the background check `name` (NETWORK_CHECKS), or `function(*args)` now
+    when it was not started; its exception, if it raised one."""
+    future = NETWORK_CHECKS.get(name)
+    return future.result() if future is not None else function(*args)
 
 
 def tritonservers_in(state_dir: Path) -> list[psutil.Process]:

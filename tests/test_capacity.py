@@ -81,6 +81,10 @@ def test_the_autoscaler_target_comes_from_the_captioning_point_when_it_kept_its_
     idle = capacity.operating_point(_rows([(1, 20.0, 30.0, 0.0, 400)]), budget_ms=50)
     target = capacity.autoscaler_target({"classify": idle})
     assert target.quantity == "1m" and "raised to 1m" in target.text
+    few = capacity.operating_point(_rows([(1, 0.3, 3100.0, 500.0, 10)], variant="ensemble",
+                                         model="food_captioning"), budget_ms=5000)
+    assert "rests on 10 requests, too few to set a target on" in \
+        capacity.autoscaler_target({"caption": few}).text
     with pytest.raises(ValueError, match="no autoscaler target"):
         capacity.autoscaler_target({"classify": None, "caption": None})
 

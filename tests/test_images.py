@@ -17,6 +17,8 @@ import pytest
 from tritonlab import settings
 from tritonlab.serving import images
 
+from .conftest import network_check
+
 TRITON = images.image("triton")
 JUPYTER = images.image("jupyter")
 
@@ -46,7 +48,8 @@ def pins(img: images.Image) -> dict[str, str]:
 @pytest.mark.network
 @pytest.mark.parametrize("img", images.IMAGES, ids=lambda i: i.name)
 def test_every_python_pin_of_the_image_resolves(img):
-    resolved = asked(images.resolve_image, img)
+    # resolved in the background since collection (conftest.NETWORK_CHECKS)
+    resolved = asked(network_check, f"resolve_image:{img.name}", images.resolve_image, img)
     expected = pins(img)
     assert expected, f"no pins read for {img.name}"
     assert {name: resolved.get(name) for name in expected} == expected
@@ -149,7 +152,7 @@ def test_a_virtual_environment_copied_but_never_installed_is_refused(tmp_path):
 def test_model_analyzers_environment_resolves_in_the_triton_image():
     """Model Analyzer's own virtual environment in the Triton image (notebook 09 on the GPU
     node) resolves for the image's Python 3.10 and glibc 2.35, at the pinned release."""
-    found = asked(images.resolve_venvs, TRITON)
+    found = asked(network_check, "resolve_venvs:triton", images.resolve_venvs, TRITON)
     analyzer_env = found["requirements/model-analyzer.txt"]
     assert analyzer_env["triton-model-analyzer"] == "1.46.0"
 

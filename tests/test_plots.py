@@ -254,3 +254,38 @@ def test_saved_run_reads_back_with_phases_and_batch_counts(tmp_path):
     assert fig is not None
     spans = [p.get_gid() for ax in fig.axes for p in ax.patches if p.get_gid()]
     assert not spans  # no phases recorded, none drawn
+
+
+def test_replicas_one_column_per_protocol_every_bar_labelled_inside_the_axes():
+    from tritonlab.measuring import replicas as measured
+
+    rows = [{"setup": setup, "protocol": protocol, "concurrency": 8,
+             results.THROUGHPUT: thr, "p95 latency (ms)": p95}
+            for protocol in ("http", "grpc")
+            for setup, thr, p95 in ((measured.ONE, 200.0, 46.5),
+                                    (measured.ONE_BEHIND, 185.0, 54.7),
+                                    (measured.TWO, 172.0, 79.9))]
+    fig = plots.replicas(pd.DataFrame(rows))
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["HTTP", "GRPC"]
+    assert _legend_outside_every_axes(fig)
+    for ax in fig.axes:
+        labels = [t for c in ax.containers for t in c.datavalues]
+        assert len(labels) == 3
+        assert max(labels) < ax.get_ylim()[1] / 1.1  # the tallest bar's label fits above it
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == [
+        measured.ONE, measured.ONE_BEHIND, measured.TWO]
+
+
+def test_replicas_needed_steps_up_with_the_traffic():
+    from tritonlab.measuring import capacity
+
+    point = capacity.OperatingPoint("food_classifier", "fastest", 8, 120.0, 45.0, 3.0, 2000,
+                                    50.0, "2026-12-04")
+    fig = plots.replicas_needed({"classify": point, "caption": None}, 0.7, (1_000, 10_000))
+    ax = fig.axes[0]
+    (line,) = ax.get_lines()[:1]
+    counts = list(line.get_ydata())
+    assert counts[0] == 1 and counts == sorted(counts)
+    # 12,000 uploads/min = 200 req/s over 120 x 0.7 = 84 per replica: 3 replicas at the end
+    assert counts[-1] == 3
+    assert "70%" in ax.get_title()

@@ -202,6 +202,10 @@ def autoscaler_target(points: dict[str, OperatingPoint | None],
                 f"{point.pending_target:.3f} requests waiting per pod, written {milli}m")
         if point.pending_target * 1000 < 0.5:
             text += " (raised to 1m, the smallest quantity: almost nothing waited there)"
+        if not point.enough_requests:
+            counted = point.requests if point.requests is not None else "an unknown number of"
+            text += (f"; that level rests on {counted} requests, too few to set a target on: "
+                     "run it in full mode")
         skipped = [name for name in order[:order.index(served)] if name in points]
         if skipped:
             text += (f"; not from {', '.join(skipped)}: no measured level kept "

@@ -633,7 +633,8 @@ def replicas(table: pd.DataFrame, name: str | None = None,
                    title=protocol.upper() if not row else "")
             if ax.get_legend() is not None:
                 ax.get_legend().remove()
-            ax.set_ylim(0, None)
+    for row, column in enumerate((THROUGHPUT, "p95 latency (ms)")):
+        axes[row][0].set_ylim(0, 1.15 * float(table[column].max()))  # room for the labels
     _legend_outside(axes[0][-1], "setup", *axes[0][-1].get_legend_handles_labels())
     fig.suptitle(title)
     return _finish(fig, name)

@@ -76,9 +76,10 @@ def setups_for(setups: Sequence[str] | None = None, mode: str | None = None) -> 
 
 
 def default_settings() -> perf.PerfSettings:
-    """Concurrency 1, 4, 8 and 16 with full windows; quick mode (tests, `make lab`): 2 and 8,
-    short windows (PerfSettings.for_course)."""
-    return perf.PerfSettings.for_course([1, 4, 8, 16], quick_concurrency=[2, 8])
+    """Concurrency 1, 4, 8 and 16 with full windows; quick mode (tests, `make lab`): 8 only,
+    where the replicas' dynamic batchers have requests to group, with short windows
+    (PerfSettings.for_course): each setup is started and measured over two protocols."""
+    return perf.PerfSettings.for_course([1, 4, 8, 16], quick_concurrency=[8])
 
 
 # --- which replica served what --------------------------------------------------------------------
@@ -411,9 +412,10 @@ def explain(df: pd.DataFrame, tolerance: float = NO_CLEAR_CHANGE) -> str:
                    f"one level measured: {verdicts.pop()}.")
     else:
         overall = (f"{two_subject} gave {min(ratios):.2f}x to {max(ratios):.2f}x the "
-                   f"throughput of {one_object} over the {len(ratios)} levels measured: "
-                   + (f"{verdicts.pop()} at every level." if len(verdicts) == 1
-                      else "it depends on the level (below)."))
+                   f"throughput of {one_object} over the {len(ratios)} measurements (protocol "
+                   "and concurrency level) judged: "
+                   + (f"{verdicts.pop()} in every one." if len(verdicts) == 1
+                      else "it depends on the protocol and the level (below)."))
     lines.insert(0, overall)
     if one_setup == ONE:
         lines.append(f"This machine has {cores} cores (os.cpu_count()): both replicas run on "
