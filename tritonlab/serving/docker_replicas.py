@@ -26,7 +26,7 @@ import json
 import re
 import shlex
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -36,7 +36,7 @@ from ..common import log
 from ..settings import TritonAddress
 from . import configs
 from .docker import KEY_HEADER, DockerTriton, api_key, docker_command
-from .replicas import share_cores, thread_plan
+from .replicas import ServerGroup, share_cores, thread_plan
 from .server import ServerError
 
 #: The label every replica container carries (value: its index), to find leftovers by.
@@ -293,7 +293,7 @@ class DockerTritonReplica(DockerTriton):
 
 
 # --- the replicas --------------------------------------------------------------------------------
-class DockerReplicas:
+class DockerReplicas(ServerGroup):
     """`count` Triton containers on the GPU node, replica i with the node's GPU i, each run as
     compose's `source` container is (see the module's text and `run_args`), on the model
     repository it mounts (`model_repository`: that repository as this machine sees it, default
@@ -331,15 +331,6 @@ class DockerReplicas:
             for i in range(count)]
         self.model_repository = self.servers[0].model_repository
         self.served: mc.ModelConfig | None = None  # the config `serve` loaded, as each got it
-
-    def __len__(self) -> int:
-        return len(self.servers)
-
-    def __iter__(self) -> Iterator[DockerTritonReplica]:
-        return iter(self.servers)
-
-    def __getitem__(self, index: int) -> DockerTritonReplica:
-        return self.servers[index]
 
     def command_lines(self) -> list[str]:
         """Each replica's `docker run` command line, the API key hidden."""
@@ -384,25 +375,6 @@ class DockerReplicas:
                  + ", ".join(f"http://{s.http_url}" for s in self.servers))
         return time.monotonic() - began
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Remove every replica's container (those that never started too), keeping each log
-        first. Raises the first error met only after trying them all."""
-        errors = []
-        for server in self.servers:
-            try:
-                server.stop(timeout)
-            except Exception as exc:  # remove the others anyway
-                errors.append(exc)
-        if errors:
-            raise errors[0]
-
-    def __enter__(self) -> DockerReplicas:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     def serve(self, cfg: mc.ModelConfig, timeout: float = 180.0) -> float:
         """Load `cfg` on every replica: its instances for one GPU (`replica_config`: each
         replica's own GPU is its device 0) and its share of the node's cores (`share_cores`: the
@@ -411,12 +383,7 @@ class DockerReplicas:
         Triton's reason."""
         configs.validate(cfg)
         runnable = share_cores(replica_config(cfg, len(self)), len(self))
-        began = time.monotonic()
-        for server in self.servers:
-            server.reload_model(cfg.name, config=runnable, timeout=timeout)
-        self.served = runnable
-        log.info(f"'{cfg.name}' ready on {len(self)} replica(s): {self.plan()}")
-        return time.monotonic() - began
+        return self._load_everywhere(runnable, timeout)
 
     def plan(self, cfg: mc.ModelConfig | None = None, cores: int | None = None) -> str:
         """What runs where, over all replicas, as one sentence, for `cfg` as `serve` would
@@ -440,18 +407,6 @@ class DockerReplicas:
                   if g.kind == mc.ModelInstanceGroup.KIND_CPU)
         return text + (f", and {cpu} CPU instance(s) each on the node's shared cores"
                        if cpu else "")
-
-    @property
-    def http_urls(self) -> list[str]:
-        return [s.http_url for s in self.servers]
-
-    @property
-    def grpc_urls(self) -> list[str]:
-        return [s.grpc_url for s in self.servers]
-
-    @property
-    def metrics_urls(self) -> list[str]:
-        return [s.metrics_url for s in self.servers]
 
 
 # --- leftovers -----------------------------------------------------------------------------------

@@ -114,7 +114,77 @@ def thread_plan(replicas: int, cfg: mc.ModelConfig, cores: int | None = None,
 
 
 # --- the replicas ------------------------------------------------------------------------------
-class Replicas:
+class ServerGroup:
+    """What every set of Triton replicas offers, whatever runs them: `servers` (TritonServer
+    objects, in replica order), len, iteration and indexing over them, `http_urls`,
+    `grpc_urls`, `metrics_urls`, `stop()` of every one (even after a failed start), and a
+    context manager that starts them on entry (`start`, defined by the subclass) and stops them
+    on exit. `Replicas` (embedded servers) and `docker_replicas.DockerReplicas` (containers)."""
+
+    servers: list
+    served: mc.ModelConfig | None = None
+
+    def start(self, models: Sequence[str] | None = None, timeout: float = 120.0) -> float:
+        raise NotImplementedError
+
+    def plan(self, cfg: mc.ModelConfig | None = None, cores: int | None = None) -> str:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.servers)
+
+    def __iter__(self) -> Iterator:
+        return iter(self.servers)
+
+    def __getitem__(self, index: int):
+        return self.servers[index]
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every replica (those that never started too), all at once: each takes a few
+        seconds to unload its models. Raises the first error met only after trying them all."""
+        def stop_one(server) -> Exception | None:
+            try:
+                server.stop(timeout)
+            except Exception as exc:  # stop the others anyway
+                return exc
+            return None
+
+        with ThreadPoolExecutor(max_workers=len(self.servers)) as pool:
+            errors = [e for e in pool.map(stop_one, self.servers) if e is not None]
+        if errors:
+            raise errors[0]
+
+    def _load_everywhere(self, runnable: mc.ModelConfig, timeout: float) -> float:
+        """Load `runnable` (as each replica gets it) on every replica, one after the other;
+        remembered as `served`. Returns the seconds until every one has it READY."""
+        began = time.monotonic()
+        for server in self.servers:
+            server.reload_model(runnable.name, config=runnable, timeout=timeout)
+        self.served = runnable
+        log.info(f"'{runnable.name}' ready on {len(self)} replica(s): {self.plan()}")
+        return time.monotonic() - began
+
+    @property
+    def http_urls(self) -> list[str]:
+        return [s.http_url for s in self.servers]
+
+    @property
+    def grpc_urls(self) -> list[str]:
+        return [s.grpc_url for s in self.servers]
+
+    @property
+    def metrics_urls(self) -> list[str]:
+        return [s.metrics_url for s in self.servers]
+
+
+class Replicas(ServerGroup):
     """N embedded Triton servers on one model repository, each with its own state folder
     (`<state_dir>/replica-<i>`) and free ports on 127.0.0.1.
 
@@ -141,15 +211,6 @@ class Replicas:
         self.model_repository = self.servers[0].model_repository
         self.served: mc.ModelConfig | None = None  # the config `serve` loaded, as each got it
 
-    def __len__(self) -> int:
-        return len(self.servers)
-
-    def __iter__(self) -> Iterator[EmbeddedTriton]:
-        return iter(self.servers)
-
-    def __getitem__(self, index: int) -> EmbeddedTriton:
-        return self.servers[index]
-
     def start(self, models: Sequence[str] | None = None, timeout: float = 120.0) -> float:
         """Start every replica with `models` loaded (default: the constructor's); returns the
         seconds taken. On failure every replica is stopped again and the error (ServerError,
@@ -169,28 +230,6 @@ class Replicas:
                  + ", ".join(f"http://{s.http_url}" for s in self.servers))
         return time.monotonic() - began
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop every replica (those that never started too), all at once: each takes a few
-        seconds to unload its models. Raises the first error met only after trying them all."""
-        def stop_one(server: EmbeddedTriton) -> Exception | None:
-            try:
-                server.stop(timeout)
-            except Exception as exc:  # stop the others anyway
-                return exc
-            return None
-
-        with ThreadPoolExecutor(max_workers=len(self.servers)) as pool:
-            errors = [e for e in pool.map(stop_one, self.servers) if e is not None]
-        if errors:
-            raise errors[0]
-
-    def __enter__(self) -> Replicas:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     def serve(self, cfg: mc.ModelConfig, timeout: float = 180.0) -> float:
         """Load `cfg` on every replica, each with its share of the cores (`share_cores`); the
         file on disk is not changed (Triton's load API takes the config itself). Returns the
@@ -200,12 +239,7 @@ class Replicas:
                                                   devices.gpu_count())
         if note:
             log.info(note)
-        began = time.monotonic()
-        for server in self.servers:
-            server.reload_model(cfg.name, config=runnable, timeout=timeout)
-        self.served = runnable
-        log.info(f"'{cfg.name}' ready on {len(self)} replica(s): {self.plan()}")
-        return time.monotonic() - began
+        return self._load_everywhere(runnable, timeout)
 
     def plan(self, cfg: mc.ModelConfig | None = None, cores: int | None = None) -> str:
         """How many threads run on how many cores, over all replicas, as one sentence: for
@@ -215,18 +249,6 @@ class Replicas:
         if cfg is None:
             return "no config served yet (call serve(cfg))"
         return thread_plan(len(self), cfg, cores, self.model_repository)
-
-    @property
-    def http_urls(self) -> list[str]:
-        return [s.http_url for s in self.servers]
-
-    @property
-    def grpc_urls(self) -> list[str]:
-        return [s.grpc_url for s in self.servers]
-
-    @property
-    def metrics_urls(self) -> list[str]:
-        return [s.metrics_url for s in self.servers]
 
 
 # --- nginx ---------------------------------------------------------------------------------------
@@ -708,5 +730,5 @@ http {{
 
 
 __all__ = ["METHODS", "LoadBalancer", "NginxConfigError", "NginxError", "NginxMissing",
-           "Replicas", "is_loopback", "loopback_ports", "nginx_binary", "nginx_version",
-           "parse_access_line", "share_cores", "thread_plan"]
+           "Replicas", "ServerGroup", "is_loopback", "loopback_ports", "nginx_binary",
+           "nginx_version", "parse_access_line", "share_cores", "thread_plan"]
