@@ -200,6 +200,25 @@ def test_the_hop_through_nginx_is_judged_against_one_replica_alone():
     assert "GRPC at concurrency 4: 101 infer/s" in text and "1.01x: no clear change" in text
 
 
+def test_a_change_within_what_the_windows_allowed_is_no_clear_change():
+    """Quick mode's windows agree within 30 %: 1.12x there is no verdict, while the same
+    ratio from windows that agreed within 10 % is one."""
+    def table(stability: int) -> pd.DataFrame:
+        return pd.DataFrame([
+            {"setup": setup, "replicas": n, "protocol": "http", "concurrency": 8,
+             THROUGHPUT: thr, "p50 latency (ms)": 40.0, "p95 latency (ms)": 50.0,
+             "p99 latency (ms)": 60.0, "mean batch size": 2.0, REQUESTS: 1000,
+             "stability_percent": stability}
+            for setup, n, thr in ((measured.ONE, 1, 162.0), (measured.ONE_BEHIND, 1, 184.0),
+                                  (measured.TWO, 2, 181.0))])
+
+    quick = measured.explain(table(30))
+    assert "(1.12x: no clear change)" in quick and "(1.14x: no clear change)" in quick
+    assert "A change within 30% is no clear change here" in quick
+    full = measured.explain(table(10))
+    assert "(1.12x: more throughput)" in full and "within 30%" not in full
+
+
 def test_an_unknown_setup_is_refused_before_anything_starts(tmp_path):
     with pytest.raises(ValueError, match="choose from"):
         measured.compare(tmp_path, setups=("3 replicas",), state_dir=tmp_path / "state")

@@ -56,7 +56,8 @@ PAIRS = ((ONE, TWO), (ONE_TWO_GPUS, TWO_ONE_GPU))
 NO_CLEAR_CHANGE = reports.DEFAULT_TOLERANCE_PERCENT / 100
 #: The tidy table's columns (`compare`); REQUESTS: how many requests a level's figures rest on.
 COLUMNS = ["setup", "replicas", "protocol", "concurrency", THROUGHPUT, "p50 latency (ms)",
-           "p95 latency (ms)", "p99 latency (ms)", "mean batch size", REQUESTS]
+           "p95 latency (ms)", "p99 latency (ms)", "mean batch size", REQUESTS,
+           "stability_percent"]
 
 
 def setups_for(setups: Sequence[str] | None = None, mode: str | None = None) -> tuple[str, ...]:
@@ -215,6 +216,8 @@ def _tidy(run: perf.PerfRun, setup: str, replicas: int, protocol: str) -> pd.Dat
     out["mean batch size"] = [mean_batch_size(run.batch_counts.get(int(level), {}))
                               for level in out["concurrency"]]
     out[REQUESTS] = df[REQUESTS] if REQUESTS in df else None
+    # how far the level's windows were allowed to differ: a smaller change is no clear change
+    out["stability_percent"] = df["stability_percent"] if "stability_percent" in df else None
     return out
 
 
@@ -382,9 +385,11 @@ def explain(df: pd.DataFrame, tolerance: float = NO_CLEAR_CHANGE) -> str:
         # a level resting on too few requests carries no verdict (reports.MIN_REQUESTS)
         counted = REQUESTS in group and group[REQUESTS].notna().all()
         judged = not counted or (reports.enough_requests(one) and reports.enough_requests(two))
+        # the level's own windows may have differed by more than `tolerance` (quick mode: 30 %)
+        allowed = max(tolerance, reports.tolerance_of(one, two))
         if judged:
-            ratios.append(ratio)
-        words = (_words(ratio, tolerance) if judged else
+            ratios.append((ratio, allowed))
+        words = (_words(ratio, allowed) if judged else
                  f"too few requests to judge, fewer than {reports.MIN_REQUESTS} at one setup")
         line = (f"{protocol.upper()} at concurrency {level}: {two[THROUGHPUT]:.0f} infer/s "
                 f"with {two_words} against {one[THROUGHPUT]:.0f} with {one_words} "
@@ -398,7 +403,8 @@ def explain(df: pd.DataFrame, tolerance: float = NO_CLEAR_CHANGE) -> str:
             hop_ratio = hop[THROUGHPUT] / one[THROUGHPUT]
             hop_judged = not counted or (reports.enough_requests(hop)
                                          and reports.enough_requests(one))
-            hop_words = _words(hop_ratio, tolerance) if hop_judged else "too few requests"
+            hop_words = (_words(hop_ratio, max(tolerance, reports.tolerance_of(one, hop)))
+                         if hop_judged else "too few requests")
             line += (f". The hop alone (one replica behind nginx): {hop[THROUGHPUT]:.0f} "
                      f"infer/s ({hop_ratio:.2f}x: {hop_words}), p95 "
                      f"{hop['p95 latency (ms)']:.1f} ms")
@@ -406,7 +412,9 @@ def explain(df: pd.DataFrame, tolerance: float = NO_CLEAR_CHANGE) -> str:
     if not ratios:
         return "\n".join(["No level was measured with both setups on enough requests to "
                           "judge.", *lines])
-    verdicts = {_words(r, tolerance) for r in ratios}
+    verdicts = {_words(r, allowed) for r, allowed in ratios}
+    widest = max(allowed for _, allowed in ratios)
+    ratios = [r for r, _ in ratios]
     if len(ratios) == 1:
         overall = (f"{two_subject} gave {ratios[0]:.2f}x the throughput of {one_object} at the "
                    f"one level measured: {verdicts.pop()}.")
@@ -416,6 +424,9 @@ def explain(df: pd.DataFrame, tolerance: float = NO_CLEAR_CHANGE) -> str:
                    "and concurrency level) judged: "
                    + (f"{verdicts.pop()} in every one." if len(verdicts) == 1
                       else "it depends on the protocol and the level (below)."))
+    if widest > tolerance:
+        overall += (f" (A change within {widest:.0%} is no clear change here: the measurement's "
+                    "windows were allowed to differ by that much.)")
     lines.insert(0, overall)
     if one_setup == ONE:
         lines.append(f"This machine has {cores} cores (os.cpu_count()): both replicas run on "

@@ -38,7 +38,10 @@ def enough_requests(row) -> bool:
     return count is not None and count >= MIN_REQUESTS
 
 
-def _tolerance(*rows) -> float:
+def tolerance_of(*rows) -> float:
+    """The fraction within which two measured rows count as the same: the largest
+    `stability_percent` their windows were allowed to differ by (DEFAULT_TOLERANCE_PERCENT where
+    no row records one), over 100."""
     percents = [row.get("stability_percent") for row in rows if hasattr(row, "get")]
     percents = [float(p) for p in percents if p is not None and not pd.isna(p)]
     return (max(percents) if percents else DEFAULT_TOLERANCE_PERCENT) / 100
@@ -99,7 +102,7 @@ def verdict(before, after, level: int | None = None) -> Verdict:
     t0, t1 = float(before[THROUGHPUT]), float(after[THROUGHPUT])
     q0, q1, c0, c1 = ms(before, QUEUE), ms(after, QUEUE), ms(before, COMPUTE), ms(after, COMPUTE)
     ratio = t1 / t0 if t0 > 0 else float("inf")
-    tol = _tolerance(before, after)
+    tol = tolerance_of(before, after)
     common = dict(level=int(level if level is not None else after["concurrency"]), ratio=ratio,
                   throughput=(t0, t1), p95_ms=(ms(before, P95), ms(after, P95)),
                   queue_ms=(q0, q1), compute_ms=(c0, c1),
