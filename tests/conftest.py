@@ -41,17 +41,25 @@ NETWORK_CHECKS: dict[str, Future] = {}
 
 
 def pytest_collection_finish(session):
-    if not any(item.get_closest_marker("network") and item.path.name == "test_images.py"
-               for item in session.items):
-        return
+    selected = {item.name for item in session.items if item.path.name == "test_images.py"}
     from tritonlab.serving import images
 
+    wanted = {f"test_every_python_pin_of_the_image_resolves[{img.name}]":
+              (f"resolve_image:{img.name}", images.resolve_image, img) for img in images.IMAGES}
+    wanted["test_model_analyzers_environment_resolves_in_the_triton_image"] = (
+        "resolve_venvs:triton", images.resolve_venvs, images.image("triton"))
+    checks = [check for test, check in wanted.items() if test in selected]
+    if not checks:
+        return
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="network-check")
-    for img in images.IMAGES:
-        NETWORK_CHECKS[f"resolve_image:{img.name}"] = pool.submit(images.resolve_image, img)
-    NETWORK_CHECKS["resolve_venvs:triton"] = pool.submit(images.resolve_venvs,
-                                                         images.image("triton"))
+    for name, function, img in checks:
+        NETWORK_CHECKS[name] = pool.submit(function, img)
     pool.shutdown(wait=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for future in NETWORK_CHECKS.values():
+        future.cancel()  # those not started yet (a run stopped early): no need to wait for them
 
 
 def network_check(name: str, function, *args):
