@@ -349,7 +349,8 @@ class _Recorder(BaseHTTPRequestHandler):
     seen: list[dict] = []
 
     def do_GET(self):
-        _Recorder.seen.append(dict(self.headers))
+        # header names are case-insensitive (HTTP): kept lower-cased to compare
+        _Recorder.seen.append({k.lower(): v for k, v in self.headers.items()})
         body = b'{"name": "food_classifier", "max_batch_size": 16}'
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -371,7 +372,7 @@ def test_the_balancer_asks_for_a_config_with_the_replicas_key(docker, tmp_path):
         assert lb.model_config("food_classifier")["max_batch_size"] == 16
     finally:
         server.shutdown()
-    assert _Recorder.seen[-1].get(KEY_HEADER) == KEY
+    assert _Recorder.seen[-1].get(KEY_HEADER.lower()) == KEY
 
 
 # --- compare and explain -------------------------------------------------------------------------

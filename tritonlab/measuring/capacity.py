@@ -67,6 +67,11 @@ class OperatingPoint:
         return self.requests is not None and self.requests >= reports.MIN_REQUESTS
 
     @property
+    def counted(self) -> str:
+        """The requests measured at that level, as words say it ('12', 'an unknown number of')."""
+        return str(self.requests) if self.requests is not None else "an unknown number of"
+
+    @property
     def pending_target(self) -> float:
         """Mean requests waiting in Triton's queue at this level (Little's law: throughput x
         server queue time): the HorizontalPodAutoscaler's averageValue for
@@ -154,16 +159,16 @@ def explain(points: dict[str, OperatingPoint | None], table: pd.DataFrame) -> st
                          "replicas of this machine meets it; a faster replica (a GPU) is needed.")
             continue
         rows = table[table["served"] == name]
-        counts = ", ".join(f"{int(r['replicas'])} replicas for {int(r['uploads/min']):,} "
-                           "uploads/min" for _, r in rows.iterrows())
+        counts = ", ".join(f"{int(r['replicas'])} replica{'s' if r['replicas'] != 1 else ''} "
+                           f"for {int(r['uploads/min']):,} uploads/min"
+                           for _, r in rows.iterrows())
         text = (f"{name}: one replica served {point.throughput:.1f} infer/s at concurrency "
                 f"{point.concurrency} with p95 {point.p95_ms:.1f} ms (budget "
                 f"{point.budget_ms:g} ms, '{point.variant}'): {counts}. Autoscaler target: "
                 f"{point.pending_target:.2f} pending requests per pod (throughput x queue time "
                 f"{point.queue_ms:.2f} ms).")
         if not point.enough_requests:
-            counted = point.requests if point.requests is not None else "an unknown number of"
-            text += (f" That level rests on {counted} requests (fewer than "
+            text += (f" That level rests on {point.counted} requests (fewer than "
                      f"{reports.MIN_REQUESTS}): too few to plan on; run it in full mode.")
         lines.append(text)
     return "\n".join(lines)
@@ -173,12 +178,12 @@ def explain(points: dict[str, OperatingPoint | None], table: pd.DataFrame) -> st
 class AutoscalerTarget:
     """The HorizontalPodAutoscaler's averageValue for pending requests per pod.
 
-    `served`: which operating point it comes from; `pending`: that point's Little's-law queue
-    (requests); `quantity`: the same as a Kubernetes quantity in thousandths ('530m' = 0.53
-    requests), at least '1m'; `text`: how it was chosen, in words."""
+    `served`: which operating point it comes from (`point`); `quantity`: that point's
+    Little's-law queue (`OperatingPoint.pending_target`, requests) as a Kubernetes quantity in
+    thousandths ('530m' = 0.53 requests), at least '1m'; `text`: how it was chosen, in words."""
 
     served: str
-    pending: float
+    point: OperatingPoint
     quantity: str
     text: str
 
@@ -203,13 +208,12 @@ def autoscaler_target(points: dict[str, OperatingPoint | None],
         if point.pending_target * 1000 < 0.5:
             text += " (raised to 1m, the smallest quantity: almost nothing waited there)"
         if not point.enough_requests:
-            counted = point.requests if point.requests is not None else "an unknown number of"
-            text += (f"; that level rests on {counted} requests, too few to set a target on: "
+            text += (f"; that level rests on {point.counted} requests, too few to set a target on: "
                      "run it in full mode")
         skipped = [name for name in order[:order.index(served)] if name in points]
         if skipped:
             text += (f"; not from {', '.join(skipped)}: no measured level kept "
                      "its budget")
-        return AutoscalerTarget(served, point.pending_target, f"{milli}m", text + ".")
+        return AutoscalerTarget(served, point, f"{milli}m", text + ".")
     raise ValueError(f"no operating point of {list(order)} kept its p95 budget: no autoscaler "
                      "target follows from this run (a faster replica, a GPU, is needed).")

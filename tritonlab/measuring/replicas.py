@@ -27,7 +27,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from .. import settings
 from ..common import atomic_write, log
 from ..serving import choose_mode, configs, deploy, get_server
-from ..serving.docker_replicas import DockerReplicas, gpu_instances
+from ..serving.docker_replicas import DockerReplicas, gpu_instances, remove_leftovers
 from ..serving.replicas import LoadBalancer, Replicas, nginx_version
 from . import metrics, perf, reports
 from .results import P50, P95, P99, REQUESTS, THROUGHPUT
@@ -250,8 +250,15 @@ def _serving(setup: str, cfg: mc.ModelConfig, repository: Path, state: Path, met
         return
     folder = f"{count}-replicas" + ("-gpu" if setup == TWO_ONE_GPU else "") + (
         "-nginx" if behind else "")
-    kind = DockerReplicas if setup == TWO_ONE_GPU else Replicas
-    replicas = kind(count, repository, state / folder, models=())
+    if setup == TWO_ONE_GPU:
+        # containers a killed kernel left behind hold GPU memory, whatever their number
+        removed = remove_leftovers()
+        if removed:
+            log.info(f"removed replica containers left from an earlier run: {', '.join(removed)}")
+        replicas = DockerReplicas(count, repository, state / folder, models=())
+        log.info("\n".join(["starting:", *replicas.command_lines()]))
+    else:
+        replicas = Replicas(count, repository, state / folder, models=())
     balancer = None
     try:
         started = replicas.start()

@@ -32,7 +32,7 @@ from pathlib import Path
 from tritonclient.grpc import model_config_pb2 as mc
 
 from .. import settings
-from ..common import log
+from ..common import atomic_write, log
 from ..settings import TritonAddress
 from . import configs
 from .docker import KEY_HEADER, DockerTriton, api_key, docker_command
@@ -280,9 +280,7 @@ class DockerTritonReplica(DockerTriton):
         if proc.returncode != 0:
             return None
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        path = self.log_dir / "triton.log"
-        path.write_text(proc.stdout + proc.stderr)
-        return path
+        return atomic_write(self.log_dir / "triton.log", proc.stdout + proc.stderr)
 
     def _terminate(self, timeout: float) -> None:
         self.keep_log()

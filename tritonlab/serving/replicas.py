@@ -34,7 +34,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
-import requests
 from tritonclient.grpc import model_config_pb2 as mc
 
 from .. import settings
@@ -49,7 +48,7 @@ from .embedded import (
     port_owner,
     stop_child,
 )
-from .server import PortInUseError, ServerError
+from .server import PortInUseError, ServerError, TritonQueries
 
 
 class NginxError(ServerError):
@@ -330,7 +329,7 @@ def loopback_ports(replicas) -> set[int]:
             for port in (server.address.http, server.address.grpc, server.address.metrics)}
 
 
-class LoadBalancer:
+class LoadBalancer(TritonQueries):
     """nginx in front of `replicas`: one HTTP and one gRPC listener on free ports of 127.0.0.1.
 
     `replicas` is a `Replicas` (embedded servers on this machine's loopback) or a
@@ -646,17 +645,10 @@ http {{
             return self._proc.poll() is None
         return self.recorded_pid() is not None
 
-    def _get(self, path: str, timeout: float = 2.0,
-             headers: dict[str, str] | None = None) -> requests.Response | None:
-        try:
-            return requests.get(f"http://{self.http_url}{path}", timeout=timeout,
-                                headers=headers)
-        except requests.RequestException:
-            return None
-
-    def is_live(self) -> bool:
-        answer = self._get("/v2/health/live")
-        return answer is not None and answer.status_code == 200
+    @property
+    def api_headers(self) -> dict[str, str]:
+        """The replicas' key header, sent through nginx where their APIs are restricted."""
+        return self.replicas[0].api_headers
 
     def is_ready(self) -> bool:
         """True when a replica answers ready through the HTTP listener and one through the gRPC
@@ -664,8 +656,7 @@ http {{
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
-        answer = self._get("/v2/health/ready")
-        if answer is None or answer.status_code != 200:
+        if not super().is_ready():
             return False
         try:
             client = grpcclient.InferenceServerClient(self.grpc_url)
@@ -675,18 +666,6 @@ http {{
                 client.close()
         except InferenceServerException:
             return False
-
-    def version(self) -> str | None:
-        """Triton's version, from the replica nginx picked (None if none answers)."""
-        answer = self._get("/v2")
-        return answer.json().get("version") if answer is not None and answer.ok else None
-
-    def model_config(self, name: str) -> dict | None:
-        """The config of `name` as the replica nginx picked serves it (JSON), or None. Sent with
-        the replicas' key header where their model-config API is restricted (Docker mode)."""
-        answer = self._get(f"/v2/models/{name}/config",
-                           headers=self.replicas[0].api_headers or None)
-        return answer.json() if answer is not None and answer.ok else None
 
     def exit_description(self) -> str:
         return describe_exit(self._proc, "nginx") or (

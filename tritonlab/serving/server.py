@@ -51,7 +51,50 @@ def _tail(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-class TritonServer(ABC):
+class TritonQueries:
+    """What the course asks of Triton's HTTP API at `http_url`, sending `api_headers` where an
+    API is restricted: health, version, a model's config. Answered by a Triton server, or by
+    nginx in front of replicas (serving.replicas.LoadBalancer), which passes each question to
+    one of them."""
+
+    http_url: str
+    api_headers: dict[str, str]
+
+    def client(self, timeout: float = 5.0) -> httpclient.InferenceServerClient:
+        """A tritonclient HTTP client for this server (close it when done)."""
+        return httpclient.InferenceServerClient(self.http_url, connection_timeout=timeout,
+                                                network_timeout=timeout)
+
+    def _ask(self, call, default=False, timeout: float = 2.0):
+        """`call(client)` on a fresh client; `default` when Triton does not answer."""
+        try:
+            client = self.client(timeout)
+        except (InferenceServerException, OSError):
+            return default
+        try:
+            return call(client)
+        except (InferenceServerException, OSError):
+            return default
+        finally:
+            client.close()
+
+    def is_live(self) -> bool:
+        return self._ask(lambda c: c.is_server_live())
+
+    def is_ready(self) -> bool:
+        return self._ask(lambda c: c.is_server_ready())
+
+    def version(self) -> str | None:
+        """Triton's version, from its server metadata (None if it does not answer)."""
+        return self._ask(lambda c: c.get_server_metadata().get("version"), default=None)
+
+    def model_config(self, name: str) -> dict | None:
+        """The config Triton uses for `name`, as JSON (None if it does not answer)."""
+        return self._ask(lambda c: c.get_model_config(name, headers=self.api_headers or None),
+                         default=None)
+
+
+class TritonServer(TritonQueries, ABC):
     """What every Triton deployment offers the notebooks: lifecycle, model control and logs."""
 
     mode: str = "abstract"
@@ -85,11 +128,6 @@ class TritonServer(ABC):
         """The HTTP endpoints whose model statistics together count what this server answered:
         its own (a load balancer in front of replicas gives theirs)."""
         return [self.http_url]
-
-    def client(self, timeout: float = 5.0) -> httpclient.InferenceServerClient:
-        """A tritonclient HTTP client for this server (close it when done)."""
-        return httpclient.InferenceServerClient(self.http_url, connection_timeout=timeout,
-                                                network_timeout=timeout)
 
     def describe(self) -> str:
         return (f"Triton ({self.mode}) HTTP http://{self.http_url}  gRPC {self.grpc_url}  "
@@ -135,34 +173,6 @@ class TritonServer(ABC):
         self.stop()
         self.start(models, timeout=timeout)
         return time.monotonic() - began
-
-    def _ask(self, call, default=False, timeout: float = 2.0):
-        """`call(client)` on a fresh client; `default` when Triton does not answer."""
-        try:
-            client = self.client(timeout)
-        except (InferenceServerException, OSError):
-            return default
-        try:
-            return call(client)
-        except (InferenceServerException, OSError):
-            return default
-        finally:
-            client.close()
-
-    def is_live(self) -> bool:
-        return self._ask(lambda c: c.is_server_live())
-
-    def is_ready(self) -> bool:
-        return self._ask(lambda c: c.is_server_ready())
-
-    def version(self) -> str | None:
-        """Triton's version, from its server metadata (None if it does not answer)."""
-        return self._ask(lambda c: c.get_server_metadata().get("version"), default=None)
-
-    def model_config(self, name: str) -> dict | None:
-        """The config Triton uses for `name`, as JSON (None if it does not answer)."""
-        return self._ask(lambda c: c.get_model_config(name, headers=self.api_headers or None),
-                         default=None)
 
     def model_states(self) -> list[dict]:
         """The repository index: each model with its state and, if it failed, the reason."""
