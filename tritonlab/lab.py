@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 from . import settings
 from .common import log
@@ -29,8 +29,23 @@ def course_notebooks(folder: Path = settings.NOTEBOOKS) -> list[Path]:
     return numbered + sorted(folder.glob("A[0-9]_*.ipynb"))
 
 
-def run_notebook(path: Path, out_dir: Path, quick: bool = True, cell_timeout: int = 900) -> Path:
-    """Execute one notebook in its own kernel (cwd = notebooks/) and save the executed copy."""
+def cell_timeout_s(quick: bool) -> int:
+    """Seconds one cell may run: 15 minutes in quick mode; in a full run, as long as notebook
+    09's Model Analyzer search may take (both runtimes, each up to `analyzer.search_limit_s`)
+    plus 30 minutes, since that one cell is the longest of the course."""
+    from .measuring import analyzer
+
+    if quick:
+        return 900
+    runtimes = len(analyzer.SearchSettings().runtimes)
+    return runtimes * analyzer.search_limit_s(quick=False) + 1800
+
+
+def run_notebook(path: Path, out_dir: Path, quick: bool = True,
+                 cell_timeout: int | None = None) -> Path:
+    """Execute one notebook in its own kernel (cwd = notebooks/) and save the executed copy.
+    `cell_timeout` in seconds (default `cell_timeout_s(quick)`); a cell that runs longer fails
+    the notebook."""
     from tqdm.auto import tqdm
 
     nb = nbformat.read(path, as_version=4)
@@ -39,23 +54,33 @@ def run_notebook(path: Path, out_dir: Path, quick: bool = True, cell_timeout: in
     env = dict(os.environ, TRITONLAB_QUICK="1" if quick else "0", TRITONLAB_OUTPUT_DIR=str(out_dir))
     code_cells = sum(c.cell_type == "code" for c in nb.cells)
     bar = tqdm(total=code_cells, desc=path.stem, unit="cell", leave=True)
-    from jupyter_client import KernelManager
+    from jupyter_client import AsyncKernelManager
+    from jupyter_core.utils import run_sync
 
     # IPC sockets in a private folder: the kernel talks to this process only, not over TCP.
+    # The asynchronous manager matters: with the blocking one, nbclient waits for the kernel's
+    # output in a blocking call and the cell time limit never fires.
     sockets = Path(tempfile.mkdtemp(prefix="tritonlab-kernel-"))
-    kernel = KernelManager(kernel_name="python3", transport="ipc", ip=str(sockets / "kernel"))
-    client = NotebookClient(nb, km=kernel, timeout=cell_timeout, kernel_name="python3",
+    kernel = AsyncKernelManager(kernel_name="python3", transport="ipc",
+                                ip=str(sockets / "kernel"))
+    limit = cell_timeout or cell_timeout_s(quick)
+    client = NotebookClient(nb, km=kernel, timeout=limit,
+                            kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}},
                             on_cell_executed=lambda **kw: bar.update(1))
     try:
         client.execute(env=env)
     except CellExecutionError as exc:
         raise NotebookFailed(f"{path.name} failed; executed copy: {out_path}\n{exc}") from None
+    except CellTimeoutError as exc:
+        raise NotebookFailed(f"{path.name}: a cell ran past its limit of {limit} s (the "
+                             f"notebook's kernel was stopped); executed copy: {out_path}\n"
+                             f"{exc}") from None
     finally:
         bar.close()
         nbformat.write(nb, out_path)
         if kernel.has_kernel:
-            kernel.shutdown_kernel(now=True)
+            run_sync(kernel.shutdown_kernel)(now=True)
         shutil.rmtree(sockets, ignore_errors=True)
     return out_path
 

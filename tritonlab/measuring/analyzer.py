@@ -122,6 +122,13 @@ class SearchSettings:
         return cls(**kw)
 
 
+def search_limit_s(quick: bool | None = None) -> int:
+    """Seconds one runtime's search may take before it is stopped (`search` runs one per
+    runtime): 30 minutes in quick mode, 2 hours in a full run (default: this run's mode)."""
+    quick = settings.quick_mode() if quick is None else quick
+    return 1800 if quick else 7200
+
+
 #: Inside the GPU node's Triton image (Dockerfile.triton): Model Analyzer's virtual environment,
 #: the image's own tritonserver, the perf_analyzer of tritonclient 2.51.0 (a pin of
 #: requirements/triton-image.txt: newer wheels need glibc 2.38, the image has 2.35; pip puts
@@ -313,7 +320,7 @@ def search(opts: SearchSettings | None = None, model: str = "food_classifier",
     opts = opts or SearchSettings.for_course()
     if choose_mode()[0] != "docker":
         binary()  # installed here? (on the GPU node it is in the Triton image)
-    limit = 1800 if settings.quick_mode() else 7200
+    limit = search_limit_s()
     folder = Path(folder or settings.output_dir() / "model-analyzer")
     frames, found = [], {}
     began = time.monotonic()
