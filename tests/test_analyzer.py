@@ -173,6 +173,44 @@ def test_the_best_keeps_the_budget_and_the_words_follow_the_numbers():
     assert table["at concurrency"].iloc[2] is None or pd.isna(table["at concurrency"].iloc[2])
 
 
+def test_the_words_say_why_one_best_beat_the_other():
+    """The gap explained from the rows: Model Analyzer's best came at a level the hand-tuned
+    runs skipped; at the level both measured it is close; what the two configs set differently
+    (threads per instance as model.py counts them on 2 cores)."""
+    points = _points([("c1", "2:CPU", 1, 1, 84.0, 13.4), ("c1", "2:CPU", 1, 2, 162.0, 15.8),
+                      ("c1", "2:CPU", 1, 8, 160.0, 59.2)])
+    searched = configs.classifier_config(name="food_classifier_config_1", runtime="onnxruntime",
+                                         instances=2, max_batch_size=1,
+                                         dynamic_batching={"max_queue_delay_microseconds": 0})
+    mine = configs.classifier_config(runtime="onnxruntime", instances=2, num_threads=1,
+                                     dynamic_batching={"preferred_batch_size": [4, 8],
+                                                       "max_queue_delay_microseconds": 5000})
+    from google.protobuf import json_format
+    saved = json_format.MessageToDict(mine, preserving_proto_field_name=True)  # as save_run
+    hand = pd.DataFrame({"variant": ["b", "b"], "concurrency": [1, 8],
+                         results.THROUGHPUT: [80.0, 170.0], "p95 latency (ms)": [21.8, 58.7],
+                         "config": [saved, saved]})
+    found = analyzer.Search(points=points, configs={points["variant"][0]: searched},
+                            settings=analyzer.SearchSettings(p95_budget_ms=50.0,
+                                                             max_concurrency=8), seconds=1.0)
+    words = analyzer.compare(found, hand)
+    assert "2.02x" in words
+    assert "measured concurrency 1, 8; Model Analyzer's best came at 2, a level they did" in words
+    assert "At concurrency 1, a level both measured" in words and "84.0 infer/s" in words
+    assert ("max_batch_size 1 (Model Analyzer) against 16; dynamic batching on, "
+            "max_queue_delay 0 us (Model Analyzer) against on, max_queue_delay 5000 us, "
+            "preferred sizes 4, 8.") in words
+    # cpu_share 1 over 2 instances against num_threads 1: the same on 2 or 3 cores only
+    from tritonlab.serving import devices
+    assert ("threads per instance" in words) == (devices.usable_cores() // 2 != 1)
+    assert analyzer.knobs(searched, cores=2)["threads per instance"] == "1"
+    assert analyzer.knobs(searched, cores=8)["threads per instance"] == "4"
+    assert analyzer.knobs(saved)["instances"] == "2"
+    same = hand.assign(config=[json_format.MessageToDict(searched,
+                                                         preserving_proto_field_name=True)] * 2)
+    assert "set the same runtime" in analyzer.compare(found, same)
+
+
 def _save(variant, config=None, date="2026-11-30T10:00:00+00:00"):
     df = pd.DataFrame({"concurrency": [8], results.THROUGHPUT: [100.0],
                        results.P95: [20_000.0]})
@@ -189,6 +227,7 @@ def test_the_hand_tuned_runs_leave_out_cached_and_searched_ones(results_dir):
     _save(analyzer.VARIANT_PREFIX + "food_classifier_config_1 (onnxruntime)")
     hand = analyzer.hand_tuned()
     assert sorted(hand["variant"]) == ["baseline", "dynamic batching"]
+    assert hand["config"].isna().all()  # saved without one
     assert (hand["p95 latency (ms)"] == 20.0).all()
 
 

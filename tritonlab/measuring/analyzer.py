@@ -228,6 +228,9 @@ def profile_config(repository: Path, output: Path, opts: SearchSettings,
         "triton_output_path": str(output / "tritonserver.log"),
         "perf_analyzer_path": launch.perf_analyzer,
         "perf_output": False,
+        # the protocol of the course's own perf runs (perf.PerfSettings.protocol): Model
+        # Analyzer's default is gRPC, and a comparison of the two must not also compare protocols
+        "client_protocol": perf.PerfSettings().protocol,
         "perf_analyzer_flags": {
             "input-data": str(settings.PERF_INPUTS / "food_classifier_raw.json"),
             "measurement-interval": opts.measurement_ms,
@@ -401,13 +404,81 @@ def hand_tuned(folder: Path | None = None) -> pd.DataFrame:
         raise ValueError("no 'baseline' run of food_classifier saved: run notebook 02 first.")
     run = results.course_run(table).copy()
     run["p95 latency (ms)"] = run[results.P95] / 1000
+    saved = {Path(d["path"]).name: d["meta"].get("config") for d in runs}
+    run["config"] = [saved.get(name) for name in run["file"]]
     return run.reset_index(drop=True)
+
+
+def knobs(cfg, cores: int | None = None) -> dict[str, str]:
+    """What a classifier config sets among the things the search and the hand-tuning vary, in
+    words: runtime, instances, threads per instance, max_batch_size, dynamic batching (with its
+    max_queue_delay). `cfg` is a ModelConfig or the dict a saved run keeps (`json_format`'s).
+    Threads per instance follow model.py's rule (backend_helpers.cpu_threads): `num_threads`
+    when set, else `cpu_share` of `cores` (this machine's usable cores) split between the
+    instances, at least one each."""
+    from google.protobuf import json_format
+
+    if not isinstance(cfg, dict):
+        cfg = json_format.MessageToDict(cfg, preserving_proto_field_name=True)
+    params = {key: (value or {}).get("string_value", "")
+              for key, value in (cfg.get("parameters") or {}).items()}
+    instances = sum(int(g.get("count", 1)) for g in cfg.get("instance_group") or []) or 1
+    threads = int(params.get("num_threads") or 0) or max(
+        1, int((cores or devices.usable_cores()) * float(params.get("cpu_share") or 1))
+        // instances)
+    batching = cfg.get("dynamic_batching")
+    if batching is None:
+        batching_words = "off"
+    else:
+        batching_words = (f"on, max_queue_delay "
+                          f"{int(batching.get('max_queue_delay_microseconds', 0))} us")
+        if batching.get("preferred_batch_size"):
+            sizes = ", ".join(str(int(n)) for n in batching["preferred_batch_size"])
+            batching_words += f", preferred sizes {sizes}"
+    return {"runtime": params.get("runtime") or "torch", "instances": str(instances),
+            "threads per instance": str(threads),
+            "max_batch_size": str(int(cfg.get("max_batch_size", 0))),
+            "dynamic batching": batching_words}
+
+
+def _why(found: Search, hand: pd.DataFrame, ours: pd.Series, theirs: pd.Series) -> str:
+    """The sentences that say where a gap between the two bests comes from, each drawn from the
+    rows: levels one side measured and the other did not, the two at a level both measured,
+    and what the two configs set differently."""
+    budget = found.settings.p95_budget_ms
+    words = []
+    level, hand_levels = int(theirs["concurrency"]), sorted(int(c) for c in
+                                                            hand["concurrency"].unique())
+    if level not in hand_levels:
+        words.append(f"The hand-tuned runs measured concurrency "
+                     f"{', '.join(map(str, hand_levels))}; Model Analyzer's best came at "
+                     f"{level}, a level they did not measure.")
+    shared = int(ours["concurrency"])
+    there = best_within(found.points[found.points["concurrency"] == shared], budget)
+    if there is not None and shared != level:
+        words.append(f"At concurrency {shared}, a level both measured, Model Analyzer's best "
+                     f"was {there['config name']} ({there['runtime']}) with "
+                     f"{there[results.THROUGHPUT]:.1f} infer/s, p95 "
+                     f"{there['p95 latency (ms)']:.1f} ms, against the hand-tuned "
+                     f"{ours[results.THROUGHPUT]:.1f} infer/s.")
+    mine = ours.get("config") if isinstance(ours.get("config"), dict) else None
+    searched = found.configs.get(theirs["variant"])
+    if mine is not None and searched is not None:
+        a, b = knobs(searched), knobs(mine)
+        changed = [f"{key} {a[key]} (Model Analyzer) against {b[key]}" for key in a
+                   if a[key] != b[key]]
+        words.append("The two configs differ in: " + "; ".join(changed) + "." if changed else
+                     "The two configs set the same runtime, instances, threads, max_batch_size "
+                     "and dynamic batching.")
+    return " ".join(words)
 
 
 def compare(found: Search, hand: pd.DataFrame) -> str:
     """Model Analyzer's best configuration against the hand-tuned best, both at the search's
     p95 budget, in words drawn from the two rows (throughput, the level each was measured
-    at, and the search's own limits)."""
+    at, and the search's own limits), then why: a level only one side measured, the two at a
+    level both measured, and what their configs set differently (`knobs`; the hand-tuned
+    config from `hand`'s 'config' column, where `hand_tuned` put it)."""
     budget = found.settings.p95_budget_ms
     ours, theirs = best_within(hand, budget), best_within(found.points, budget)
     if theirs is None:
@@ -438,7 +509,8 @@ def compare(found: Search, hand: pd.DataFrame) -> str:
     if int(ours["concurrency"]) > limits.max_concurrency:
         text += (f" Its search went up to concurrency {limits.max_concurrency}; the hand-tuned "
                  f"best was measured with {int(ours['concurrency'])} clients.")
-    return text
+    why = _why(found, hand, ours, theirs)
+    return f"{text} {why}" if why else text
 
 
 def save(found: Search, model: str = "food_classifier") -> list[Path]:
