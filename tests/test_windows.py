@@ -104,24 +104,22 @@ def test_answer_groups_come_from_the_served_configs(triton):
     assert perf.answer_group(triton, "no_such_model", 8) == 1
 
 
-def test_outcomes_that_mean_too_short_get_a_remedy():
-    opts = perf.PerfSettings(measurement_ms=1000, max_window_ms=9000)
-    window = perf.Window(1000, 10)
-    no_valid = "No valid requests recorded within time interval. Please use a larger time window."
-    step, why = perf.remedy(window, no_valid, None, opts, 1)
-    assert step.ms == 3000 and "no request finished" in why
-    step, why = perf.remedy(window, "Request count: 2", 2, opts, 1)
-    assert step.ms == 3000 and "rests on only 2 requests" in why
-    unstable = "Failed to obtain stable measurement within 10 measurement windows"
-    step, _ = perf.remedy(window, unstable, None, opts, 1)
-    assert step == perf.Window(1000, 30)
-    step, _ = perf.remedy(step, unstable, None, opts, 2)
-    assert step == perf.Window(3000, 100)
-    assert perf.remedy(perf.Window(9000, 100), unstable, None, opts, 3) is None  # at the limit
-    assert perf.remedy(window, "Connection refused", None, opts, 1) is None
+def test_an_ensemble_answers_as_its_last_step_releases():
+    """A classifier batching 8 in front of a captioner that captions one image at a time (the
+    naive variant): the captions still come back one by one, so the ensemble's group is 1; with
+    the served captioner, which batches, it is the captioner's batch."""
+    from google.protobuf import json_format
 
+    def as_served(cfg: mc.ModelConfig) -> dict:  # Triton's JSON form of a config
+        return json_format.MessageToDict(cfg, preserving_proto_field_name=True)
 
-def test_request_count_is_read_from_perf_analyzers_output():
-    text = "Request concurrency: 4\n  Client: \n    Request count: 174\n    Throughput: 58 infer/s"
-    assert perf.request_count(text) == 174
-    assert perf.request_count("no summary") is None
+    ensemble = as_served(configs.ensemble_config())
+    classifier = as_served(configs.classifier_config(max_batch_size=8, dynamic_batching={}))
+    naive = as_served(configs.captioning_config(**configs.CAPTIONING_VARIANTS["naive"]))
+    served = as_served(configs.course_configs()["conditional_captioning"])
+    assert "dynamic_batching" not in naive and "dynamic_batching" in served
+    assert perf.group_of(classifier, {}, 8) == 8
+    steps = {"food_classifier": classifier, "conditional_captioning": naive}
+    assert perf.group_of(ensemble, steps, 8) == 1
+    steps["conditional_captioning"] = served
+    assert perf.group_of(ensemble, steps, 4) == min(4, served["max_batch_size"])

@@ -270,16 +270,31 @@ def window_requests(opts: PerfSettings, group: int = 1, concurrency: int = 1) ->
 
 
 def answer_group(server, model: str, concurrency: int) -> int:
-    """How many answers can come back at once at `concurrency`: up to the largest
-    max_batch_size among the model (or an ensemble's steps) that batch dynamically, and never
-    more than the requests in flight; 1 when none batches (or the server does not say)."""
+    """How many answers can come back at once at `concurrency`, from the configs `server`
+    serves (`group_of`); 1 when the server does not say."""
     config = server.model_config(model) or {}
     steps = config.get("ensemble_scheduling", {}).get("step", [])
-    group = 1
-    for cfg in ([server.model_config(s.get("model_name", "")) or {} for s in steps]
-                if steps else [config]):
-        if "dynamic_batching" in cfg:
-            group = max(group, int(cfg.get("max_batch_size", 1) or 1))
+    return group_of(config, {s.get("model_name", ""): server.model_config(s.get("model_name", ""))
+                             or {} for s in steps}, concurrency)
+
+
+def group_of(config: dict, steps: dict[str, dict], concurrency: int) -> int:
+    """How many answers a model whose config is `config` (Triton's JSON form, as its
+    /v2/models/<name>/config answers) can return at once at `concurrency`: up to its
+    max_batch_size when it batches dynamically, 1 when it does not, and never more than the
+    requests in flight. An ensemble answers when its last steps (those whose outputs no other
+    step reads) have run, so its answers come back as those steps release them: the smallest
+    group among them (`steps`: each step's config by model name). A batching classifier in
+    front of a captioner that captions one image at a time still returns captions one by one."""
+    scheduled = config.get("ensemble_scheduling", {}).get("step", [])
+    if scheduled:
+        read = {tensor for s in scheduled for tensor in s.get("input_map", {}).values()}
+        last = [s for s in scheduled if not set(s.get("output_map", {}).values()) & read]
+        answering = [steps.get(s.get("model_name", ""), {}) for s in last or scheduled]
+    else:
+        answering = [config]
+    group = min(int(cfg.get("max_batch_size", 1) or 1) if "dynamic_batching" in cfg else 1
+                for cfg in answering)
     return max(1, min(group, concurrency))
 
 
