@@ -123,3 +123,26 @@ def test_an_ensemble_answers_as_its_last_step_releases():
     assert perf.group_of(ensemble, steps, 8) == 1
     steps["conditional_captioning"] = served
     assert perf.group_of(ensemble, steps, 4) == min(4, served["max_batch_size"])
+
+
+def test_outcomes_that_mean_too_short_get_a_remedy():
+    opts = perf.PerfSettings(measurement_ms=1000, max_window_ms=9000)
+    window = perf.Window(1000, 10)
+    no_valid = "No valid requests recorded within time interval. Please use a larger time window."
+    step, why = perf.remedy(window, no_valid, None, opts, 1)
+    assert step.ms == 3000 and "no request finished" in why
+    step, why = perf.remedy(window, "Request count: 2", 2, opts, 1)
+    assert step.ms == 3000 and "rests on only 2 requests" in why
+    unstable = "Failed to obtain stable measurement within 10 measurement windows"
+    step, _ = perf.remedy(window, unstable, None, opts, 1)
+    assert step == perf.Window(1000, 30)
+    step, _ = perf.remedy(step, unstable, None, opts, 2)
+    assert step == perf.Window(3000, 100)
+    assert perf.remedy(perf.Window(9000, 100), unstable, None, opts, 3) is None  # at the limit
+    assert perf.remedy(window, "Connection refused", None, opts, 1) is None
+
+
+def test_request_count_is_read_from_perf_analyzers_output():
+    text = "Request concurrency: 4\n  Client: \n    Request count: 174\n    Throughput: 58 infer/s"
+    assert perf.request_count(text) == 174
+    assert perf.request_count("no summary") is None
