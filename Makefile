@@ -1,8 +1,16 @@
 # The course's commands. `make help` lists them.
 PYTHON ?= python3.11
 VENV   ?= .venv
+# In the GPU node's Jupyter container (Dockerfile.jupyter sets TRITONLAB_ENV=image) the image's
+# own Python has the course installed: no virtual environment is made or used there (`make
+# handin`, `make lab`), and the mounted course folder's .venv, if any, belongs to another machine.
+ifeq ($(TRITONLAB_ENV),image)
+BIN    := $(patsubst %/,%,$(dir $(shell command -v python)))
+STAMP  := image-env
+else
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+endif
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # libb64-0d: perf_analyzer links it; nginx: the load balancer in front of Triton replicas
 # (tritonlab.serving.replicas; the Debian package's binary has the http2 and grpc modules)
@@ -12,7 +20,8 @@ PYTEST_ARGS ?=
 .DEFAULT_GOAL := help
 .PHONY: help system-deps venvs install assets weights configs lab lab-full test test-fast serve stop \
         status logs \
-        api bench handin check-images gpu-check gpu-check-bundle jupyter lint clean
+        api bench handin check-images gpu-check gpu-check-bundle node-check node-check-short \
+        image-env jupyter lint clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,10 +38,15 @@ system-deps:  ## apt packages perf_analyzer and nginx need (uses sudo when not r
 
 # --no-compile: pip would byte-compile all ~20,000 .py files (72 s here); Python compiles
 # the few thousand the course imports on first use instead, and keeps them.
+ifeq ($(TRITONLAB_ENV),image)
+image-env:
+	@:
+else
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --progress-bar off --no-compile -e '.[dev]'
 	@touch $@
+endif
 
 # Model Analyzer in a virtual environment of its own (why: requirements/model-analyzer.txt)
 ANALYZER_VENV  := .venv-analyzer
@@ -46,9 +60,13 @@ $(ANALYZER_STAMP): requirements/model-analyzer.txt
 # Both environments at once: the course's takes minutes (torch), Model Analyzer's, built beside
 # it, then adds no time to a fresh set-up. Each one's lines are printed when it is done.
 venvs:
+ifeq ($(TRITONLAB_ENV),image)
+	@echo "the image's own Python has the course installed (TRITONLAB_ENV=image): no virtual environment"
+else
 	@$(MAKE) -s --no-print-directory --question $(STAMP) $(ANALYZER_STAMP) || { \
 	echo "installing $(VENV) and $(ANALYZER_VENV) side by side (minutes on a fresh machine: torch is large) ..."; \
 	$(MAKE) --no-print-directory --jobs=2 --output-sync=target $(STAMP) $(ANALYZER_STAMP); }
+endif
 
 install: venvs assets  ## virtual environments with the pinned packages (the course's, Model Analyzer's), sample data, weights
 
@@ -87,6 +105,15 @@ gpu-check:  ## the GPU variants served and measured on this machine's GPU, one r
 
 check-images: $(STAMP)  ## ask PyPI and the apt archives whether both GPU-node images' pins and packages exist (about a minute)
 	$(BIN)/python -m tritonlab.serving.images
+
+# The GPU node's container path, for real, on a machine without a GPU (as root: it may install
+# Debian's docker.io and start dockerd); see tritonlab/node/check.py. About 30 minutes the first
+# time (both images are several GB), its report in build/node-check/report.md.
+node-check: install  ## both GPU-node images built, compose up, notebooks 01-11 + A1 in Docker mode, one report
+	$(BIN)/python -m tritonlab node-check
+
+node-check-short: install  ## the slice CI runs: images, compose up, notebook 01, a restart, the API, the key
+	$(BIN)/python -m tritonlab node-check --short
 
 bench: install  ## speed and memory figures against the targets (prints a table, saves data/results/bench/)
 	$(BIN)/python -m tritonlab bench

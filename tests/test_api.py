@@ -85,6 +85,26 @@ def test_triton_down_gives_503(images):
         running.stop()
 
 
+def test_an_api_already_running_in_front_of_the_same_triton_is_used_not_fought(images):
+    """On the GPU node the Jupyter container runs the API from the start (its CMD) on the port
+    notebook 11 asks for: the notebook uses it, and leaves it running. Anything else on the
+    port is refused with its owner named."""
+    nowhere = f"127.0.0.1:{free_ports(1)[0]}"
+    first = api.serve_in_background(port=free_ports(1)[0], triton=nowhere)
+    port = int(first.url.rsplit(":", 1)[1])
+    try:
+        again = api.serve_in_background(port=port, triton=nowhere)
+        assert again.process is None and again.url == first.url
+        again.stop()
+        assert first.process.poll() is None  # still serving
+        assert requests.get(first.url + "/health", timeout=10).json()["triton_url"] == nowhere
+        elsewhere = f"127.0.0.1:{free_ports(1)[0]}"
+        with pytest.raises(RuntimeError, match=f"Port {port} is already in use by pid"):
+            api.serve_in_background(port=port, triton=elsewhere)
+    finally:
+        first.stop()
+
+
 def test_a_refusal_under_load_gives_503_with_retry_after(endpoint, triton, images):
     """Triton's queue policy refuses what does not fit its queue; the API passes that on as
     503 with Retry-After, and serves the requests Triton accepted."""

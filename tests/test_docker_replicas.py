@@ -231,6 +231,31 @@ def test_a_container_on_the_default_bridge_is_refused(docker):
         dr.run_args(inspected, 0)
 
 
+def test_in_the_hosts_network_each_replica_gets_ports_of_its_own_and_no_gpu_it_lacks(
+        docker, tmp_path):
+    """`make node-check`'s containers share the host's network and have no GPU: a replica runs
+    there too, on free ports of 127.0.0.1 added to compose's command, without `--gpus`."""
+    inspected = triton_inspected()
+    inspected["HostConfig"]["NetworkMode"] = "host"
+    inspected["NetworkSettings"]["Networks"] = {"host": {}}
+    inspected["HostConfig"]["DeviceRequests"] = None
+    assert not dr.has_gpus(inspected)
+    ports = {"http": 41000, "grpc": 41001, "metrics": 41002}
+    args = dr.run_args(inspected, 1, ports)
+    assert args[args.index("--network") + 1] == "host" and "--gpus" not in args
+    assert args[-3:] == ["--http-port=41000", "--grpc-port=41001", "--metrics-port=41002"]
+    assert args[args.index("tritonlab-triton") + 1:-3] == compose_command()
+    with pytest.raises(ServerError, match="ports of its own"):
+        dr.run_args(inspected, 1)
+    docker.answer(inspected)
+    replicas = dr.DockerReplicas(2, state_dir=tmp_path / "state")
+    hosts = {s.address.host for s in replicas}
+    http = [s.address.http for s in replicas]
+    assert hosts == {"127.0.0.1"} and len(set(http)) == 2 and not replicas.gpus
+    for server in replicas:
+        assert f"--http-port={server.address.http}" in server.run_args
+
+
 def test_other_ports_in_the_command_are_the_replicas_ports(docker):
     command = [*compose_command(), "--http-port=9000", "--grpc-port", "9001"]
     assert dr.command_ports(command) == {"http": 9000, "grpc": 9001, "metrics": 8002}
@@ -362,7 +387,7 @@ class _Recorder(BaseHTTPRequestHandler):
 
 
 def test_the_balancer_asks_for_a_config_with_the_replicas_key(docker, tmp_path):
-    """Docker mode restricts the model-config API: perf sizes its windows from that answer."""
+    """The balancer sends the replicas' key with its own calls (model control needs it)."""
     replicas = dr.DockerReplicas(2, state_dir=tmp_path / "state")
     lb = LoadBalancer(replicas, tmp_path / "nginx")
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
@@ -420,3 +445,18 @@ def test_explain_judges_two_replicas_with_one_gpu_each_against_one_triton_with_b
     assert "0.75x: less throughput" in measured.explain(gpu_table(300.0))
     few = measured.explain(gpu_table(600.0, two_requests=12))
     assert few.startswith("No level was measured") and "1.50x: too few requests" in few
+
+
+def test_explain_says_cpu_numbers_where_docker_gave_the_containers_no_gpu():
+    """`make node-check` runs the GPU node's setups on a machine without GPUs: the words name
+    containers and CPU instances, never GPUs that were not there."""
+    table = gpu_table(600.0)
+    table.attrs["gpus_present"] = 0
+    text = measured.explain(table)
+    assert text.startswith("Two replica containers gave 1.50x the throughput of one Triton "
+                           "container")
+    assert "with two replica containers behind nginx against 400 with one Triton container" \
+        in text
+    assert "Docker gave these containers no GPU" in text and "CPU numbers" in text
+    assert "Each replica has its own GPU" not in text and "one GPU each" not in text.split(
+        "1 Triton, 2 GPUs:")[0]

@@ -115,7 +115,7 @@ def test_the_dockerfiles_install_exactly_what_the_check_reads():
         images.check_pip_steps(img)
     assert images.apt_packages(JUPYTER) == ["libb64-0d", "libpython3.11", "make", "docker.io",
                                             "nginx"]
-    assert images.apt_packages(TRITON) == ["python3.10-venv", "libb64-0d"]
+    assert images.apt_packages(TRITON) == ["python3-venv", "libb64-0d"]
     assert TRITON.venvs == ("requirements/model-analyzer.txt",)
     assert images.pip_arguments(TRITON) == ["-r", str(settings.ROOT / TRITON.requirements)]
     assert "nvidia-pytriton==0.7.0" in images.pip_arguments(JUPYTER)

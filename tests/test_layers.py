@@ -17,7 +17,7 @@ from tritonlab import settings
 PACKAGE = settings.ROOT / "tritonlab"
 #: Each layer and the layers it must never import.
 FORBIDDEN = {"assets": {"serving", "measuring"}, "serving": {"measuring"}}
-TOP = {"api", "lab", "cli", "handin", "gpu_check", "gpu_bundle", "chameleon"}
+TOP = {"api", "lab", "cli", "handin", "gpu_check", "gpu_bundle", "chameleon", "node"}
 
 
 def imported_layers(path) -> set[str]:

@@ -188,12 +188,16 @@ app = create_app()
 
 @dataclass
 class RunningAPI:
-    """A uvicorn process serving the API; stop() ends it."""
+    """A uvicorn process serving the API; stop() ends it. `process` is None for an API this
+    notebook found running and uses (`serve_in_background`): stop() leaves that one alone."""
 
-    process: subprocess.Popen
+    process: subprocess.Popen | None
     url: str
 
     def stop(self) -> None:
+        if self.process is None:
+            print(f"The API at {self.url} was running before this notebook: left running.")
+            return
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -203,13 +207,35 @@ class RunningAPI:
                 self.process.wait(5)
 
 
+def course_api_at(url: str, triton: str | None) -> bool:
+    """True when `url` answers as this course's API and talks to the Triton at `triton` (its
+    /health names the Triton it asks; None: TRITON_URL's)."""
+    try:
+        title = requests.get(url + "/openapi.json", timeout=5).json()["info"]["title"]
+        asked = requests.get(url + "/health", timeout=10).json().get("triton_url")
+    except (requests.RequestException, ValueError, KeyError, TypeError):
+        return False
+    return title == app.title and asked == TritonAddress.parse(
+        triton or TritonAddress.from_env().url).http_url
+
+
 def serve_in_background(port: int = 8080, host: str = "127.0.0.1",
                         triton: str | None = None, timeout: float = 60) -> RunningAPI:
-    """Start `uvicorn tritonlab.api:app` and wait until it answers; it dies with this process."""
+    """Start `uvicorn tritonlab.api:app` and wait until it answers; it dies with this process.
+
+    Where the port already answers as this course's API in front of the same Triton, that API
+    is used instead (and left running by stop()): on the GPU node the Jupyter container runs
+    one from the start (Dockerfile.jupyter's CMD, published on the node's port 8080), and `make
+    api` runs one here. RuntimeError naming the process when anything else holds the port."""
     from .serving.embedded import _set_parent_death_signal, port_owner
 
     owner = port_owner(port)
     if owner:
+        url = f"http://{host}:{port}"
+        if course_api_at(url, triton):
+            print(f"The course's API already answers at {url} in front of this Triton ({owner}): "
+                  "using it.")
+            return RunningAPI(None, url)
         raise RuntimeError(f"Port {port} is already in use by {owner}: stop it or pick another "
                            "port.")
     env = dict(os.environ)

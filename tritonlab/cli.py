@@ -146,6 +146,14 @@ def _gpu_check(args) -> int:
     return gpu_check.run(args)
 
 
+def _node_check(args) -> int:
+    from .node.check import NodeCheck
+
+    check = NodeCheck(short=args.short, images_only=args.images_only,
+                      notebooks=args.notebooks or None)
+    return 1 if check.run() else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tritonlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,5 +197,14 @@ def main(argv: list[str] | None = None) -> int:
 
     gpu_check.add_arguments(p)
     p.set_defaults(func=_gpu_check)
+    p = sub.add_parser("node-check", help="the GPU node's container path for real, without a GPU: "
+                       "both images built, compose up, the notebooks in Docker mode, one report")
+    p.add_argument("--short", action="store_true",
+                   help="CI's slice: notebook 01 and a restart instead of every notebook")
+    p.add_argument("--images-only", action="store_true",
+                   help="only the engine, the base images and both images (standard library "
+                        "only: runs before the course's environment exists)")
+    p.add_argument("--notebooks", nargs="*", help="only these notebooks (file names)")
+    p.set_defaults(func=_node_check)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -141,6 +141,30 @@ def build_stand_in(target: Path, seed: int = STAND_IN_SEED, size: str = "base") 
     vocab.unlink()  # the tokenizer saved its own copy
 
 
+def readable_by_transformers_4(folder: Path) -> bool:
+    """Rewrite the tokenizer_config.json that transformers 5 saved in `folder` into the form
+    transformers 4 reads too; True if it changed. transformers 5 writes the extra special tokens
+    (BLIP's [ENC]) as a list under `extra_special_tokens`, where transformers 4 expects a mapping
+    there and fails to load the tokenizer ("'list' object has no attribute 'keys'"); both read
+    the list as `additional_special_tokens`. The GPU node's Triton image has transformers 4.57
+    (its Python 3.10 cannot have 5), the Jupyter image and this machine 5.x, and both load the
+    same saved BLIP (found by `make node-check`)."""
+    path = Path(folder) / "tokenizer_config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    extra = config.get("extra_special_tokens")
+    if not isinstance(extra, list):
+        return False
+    config.pop("extra_special_tokens")
+    config["additional_special_tokens"] = list(dict.fromkeys(
+        [*config.get("additional_special_tokens", []), *extra]))
+    atomic_write(path, json.dumps(config, indent=2) + "\n")
+    os.chmod(path, 0o644)
+    return True
+
+
 def _quiet_transformers() -> None:
     from transformers.utils import logging
 
@@ -223,6 +247,7 @@ def ensure_blip(folder: Path | None = None, source: str | None = None, force: bo
             log.info("building the BLIP stand-in (BLIP-base's sizes, seeded random weights) ...")
             build_stand_in(tmp)
             stand_in, source, size = True, STAND_IN, "base"
+        readable_by_transformers_4(tmp)
         final = folder / mod.WEIGHTS_FOLDER
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -232,6 +257,8 @@ def ensure_blip(folder: Path | None = None, source: str | None = None, force: bo
         meta = {"source": source, "stand_in": stand_in, "size": size,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         atomic_write(folder / mod.WEIGHTS_META, json.dumps(meta, indent=2) + "\n")
+    elif readable_by_transformers_4(folder / mod.WEIGHTS_FOLDER):  # saved before that fix
+        log.info(f"{folder / mod.WEIGHTS_FOLDER}: tokenizer config rewritten for transformers 4")
     log.info(banner(meta))
     return meta
 

@@ -26,7 +26,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from .. import settings
 from ..common import atomic_write, log
-from ..serving import choose_mode, configs, deploy, get_server
+from ..serving import choose_mode, configs, deploy, devices, get_server
 from ..serving.docker_replicas import DockerReplicas, gpu_instances, remove_leftovers
 from ..serving.replicas import LoadBalancer, Replicas, nginx_version
 from . import metrics, perf, reports
@@ -240,10 +240,15 @@ def _serving(setup: str, cfg: mc.ModelConfig, repository: Path, state: Path, met
     if setup == ONE_TWO_GPUS:
         server = get_server()
         started = 0.0 if server.is_ready() else server.start()
+        # a Triton container without the GPUs (`make node-check`) runs them as CPU instances
+        runnable, note = configs.for_this_machine(cfg, devices.gpu_count())
+        if note:
+            log.info(note)
         try:
-            loaded = server.reload_model(cfg.name, config=cfg)
+            loaded = server.reload_model(cfg.name, config=runnable)
             ready[setup] = {"start (s)": round(started, 1), "load (s)": round(loaded, 1)}
-            plans[setup] = one_triton_plan(cfg)
+            plans[setup] = (one_triton_plan(cfg) if runnable is cfg else
+                            f"{one_triton_plan(cfg)}, run here as CPU instances (no GPU)")
             yield server, None
         finally:
             deploy.restore_baseline(server)
@@ -340,7 +345,7 @@ def compare(repository: Path | str | None = None, variant: str = "fastest",
                 frames.append(_tidy(run, setup, count, protocol))
     df = pd.concat(frames, ignore_index=True)[COLUMNS]
     df.attrs.update(splits=splits, plans=plans, ready=ready, cores=os.cpu_count(), mode=mode,
-                    gpus=gpus)
+                    gpus=gpus, gpus_present=devices.gpu_count() if gpus else 0)
     if save:
         df.attrs["path"] = _save(df, {
             "variant": variant, "model": model, "method": method, "nginx": nginx,
@@ -368,6 +373,10 @@ def _save(df: pd.DataFrame, meta: dict) -> Path:
 _NAMES = {TWO: ("two replicas behind nginx", "one", "Two replicas", "one"),
           TWO_ONE_GPU: ("two replicas (one GPU each) behind nginx", "one Triton on both GPUs",
                         "Two replicas with one GPU each", "one Triton with both GPUs")}
+#: The GPU node's setups where Docker gave the containers no GPU (`make node-check`): the GPU
+#: groups ran as CPU instances, so the names say containers, not GPUs.
+_NAMES_WITHOUT_GPUS = ("two replica containers behind nginx", "one Triton container",
+                       "Two replica containers", "one Triton container")
 
 
 def explain(df: pd.DataFrame, tolerance: float = NO_CLEAR_CHANGE) -> str:
@@ -381,7 +390,11 @@ def explain(df: pd.DataFrame, tolerance: float = NO_CLEAR_CHANGE) -> str:
     cores = df.attrs.get("cores") or os.cpu_count()
     present = set(df["setup"]) if "setup" in df else set()
     one_setup, two_setup = next((pair for pair in PAIRS if set(pair) <= present), PAIRS[0])
-    two_words, one_words, two_subject, one_object = _NAMES[two_setup]
+    gpus = df.attrs.get("gpus") or list(GPU_PAIR)
+    without_gpus = (two_setup == TWO_ONE_GPU
+                    and df.attrs.get("gpus_present", len(gpus)) < len(gpus))
+    two_words, one_words, two_subject, one_object = (
+        _NAMES_WITHOUT_GPUS if without_gpus else _NAMES[two_setup])
     lines, ratios = [], []
     for (protocol, level), group in df.groupby(["protocol", "concurrency"], sort=False):
         by_setup = group.set_index("setup")
@@ -442,8 +455,14 @@ def explain(df: pd.DataFrame, tolerance: float = NO_CLEAR_CHANGE) -> str:
                      "own. Where two replicas gave more on the same cores, look at how the "
                      "requests were grouped (the mean batch sizes) and at the threads each setup "
                      "ran (below).")
+    elif without_gpus:
+        lines.append(f"Docker gave these containers no GPU (`make node-check`, or a node started "
+                     "without compose.node.yaml): the instances placed on GPUs ran as CPU "
+                     f"instances, on this machine's {cores} cores (os.cpu_count()), which both "
+                     "setups share with nginx and perf_analyzer. These are CPU numbers, not the "
+                     "node's; the mean batch sizes still show how each replica batches only the "
+                     "requests nginx sends it.")
     else:
-        gpus = df.attrs.get("gpus") or list(GPU_PAIR)
         lines.append(f"Both setups ran the same instances on the same {len(gpus)} GPUs: one "
                      "Triton scheduled all of them, or each replica those of its own GPU (a "
                      "container given that GPU alone), behind a hop through nginx. Each replica "

@@ -8,8 +8,11 @@ live in one place, compose.yaml. It reaches Triton at TRITON_URL, the address in
 network (http://triton:8000 from the Jupyter container); which host ports compose publishes
 does not matter here.
 
-The model-repository and model-config APIs are restricted by a key header (TRITONLAB_API_KEY,
-from the node's .env); this object sends it with its own calls.
+The model-repository API (load and unload: it can load code, Triton's secure deployment guide
+warns) is restricted by a key header (TRITONLAB_API_KEY, from the node's .env); this object sends
+it with its own calls. Reading a model's config stays open: perf_analyzer reads it before every
+run and cannot send a header over gRPC (its -H is for HTTP only), so restricting it broke every
+measurement on the node (found by `make node-check`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from ..settings import TritonAddress
 from .server import ServerError, TritonServer
 
 KEY_HEADER = "X-Tritonlab-Key"        # HTTP header Triton checks on restricted APIs
-RESTRICTED = "model-repository,model-config"
+RESTRICTED = "model-repository"
 
 
 def api_key(state_dir: Path | None = None) -> str:
@@ -44,8 +47,8 @@ def api_key(state_dir: Path | None = None) -> str:
 
 
 def restriction_flags(key: str) -> list[str]:
-    """tritonserver flags restricting model control and config to callers that send the key
-    (compose.yaml passes the same flags to the container)."""
+    """tritonserver flags restricting model control to callers that send the key (compose.yaml
+    passes the same flags to the container)."""
     return [f"--http-restricted-api={RESTRICTED}:{KEY_HEADER}={key}",
             f"--grpc-restricted-protocol={RESTRICTED}:{KEY_HEADER.lower()}={key}"]
 

@@ -9,7 +9,12 @@ size and tritonserver command (its restricted-API key flags included, as compose
 them), on the same Docker network, with the node's GPU i alone (`--gpus device=<i>`; inside its
 container that GPU is device 0). No host port is published: on the network, the Jupyter
 container (and nginx in it) reaches replica i by name, at http://triton-replica-<i>:8000, gRPC
-triton-replica-<i>:8001, metrics :8002. Each container carries the label
+triton-replica-<i>:8001, metrics :8002. Where compose's container shares the host's network
+instead (compose.host-network.yaml: `make node-check`), so do the replicas, each on free ports
+of 127.0.0.1 (added to its tritonserver command), and where it has no GPU (no device request:
+no compose.node.yaml) they get none either and run the GPU groups as CPU instances, as every
+course notebook does on a machine without GPUs (configs.for_this_machine, with its note).
+Each container carries the label
 `tritonlab.replica=<i>`: `leftovers()` lists the ones a killed kernel left behind and
 `remove_leftovers()` removes them; starting a replica removes a leftover of its own name first.
 
@@ -45,8 +50,10 @@ REPLICA_LABEL = "tritonlab.replica"
 SOURCE = "triton"
 #: Triton's own ports, used unless the command sets --http-port, --grpc-port, --metrics-port.
 TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
-#: Networks on which containers do not reach each other by name, or would share ports.
-_UNNAMED_NETWORKS = {"", "default", "bridge", "host", "none"}
+#: Networks on which containers do not reach each other by name. ("host" is not among them:
+#: there replicas are reached at 127.0.0.1, each on ports of its own.)
+_UNNAMED_NETWORKS = {"", "default", "bridge", "none"}
+HOST_NETWORK = "host"
 _KEY_FLAG = re.compile(r"^--http-restricted-api=[^:]*:(?P<header>[^=]+)=(?P<key>.+)$")
 
 KIND_GPU = mc.ModelInstanceGroup.KIND_GPU
@@ -81,8 +88,8 @@ def container_command(container: dict) -> list[str]:
 
 def _network(container: dict) -> str:
     """The container's Docker network (HostConfig.NetworkMode, if it is one of
-    NetworkSettings.Networks, else the first of those); ServerError if containers on it cannot
-    reach each other by name."""
+    NetworkSettings.Networks, else the first of those): a named network, or "host" (the host's
+    own). ServerError if containers on it cannot reach each other by name."""
     networks = list((container.get("NetworkSettings") or {}).get("Networks") or {})
     mode = (container.get("HostConfig") or {}).get("NetworkMode") or ""
     network = mode if mode in networks or not networks else networks[0]
@@ -115,7 +122,14 @@ def _mount_args(container: dict) -> list[str]:
     return args
 
 
-def run_args(container: dict, index: int) -> list[str]:
+def has_gpus(container: dict) -> bool:
+    """True when the container was given GPUs (a device request for the `gpu` capability in
+    HostConfig.DeviceRequests: compose.node.yaml's reservation, or `--gpus`)."""
+    requests = (container.get("HostConfig") or {}).get("DeviceRequests") or []
+    return any("gpu" in cap for req in requests for cap in (req.get("Capabilities") or []))
+
+
+def run_args(container: dict, index: int, ports: dict[str, int] | None = None) -> list[str]:
     """The arguments of `docker run` (after `docker` itself) that start replica `index`, from
     `container`: what `docker inspect` says of compose's triton container (`inspect_container`).
 
@@ -123,11 +137,14 @@ def run_args(container: dict, index: int) -> list[str]:
     mount (host path or volume -> path inside, read-only kept), the image (Config.Image) and
     the command (`container_command`), in this order after the options below. Added:
     `--detach`, the name `triton-replica-<index>`, the label `tritonlab.replica=<index>` and GPU
-    `index` alone (`--gpus device=<index>`). Left out: published ports (the replica is reached
-    by name on the network), the GPU reservation (all GPUs, replaced by one), the environment
-    (the image's own applies; compose sets none for triton, and the image's
-    NVIDIA_VISIBLE_DEVICES=all must not widen the one GPU). Raises ServerError when the
-    container has no image or command, or is on a network without names (`_network`).
+    `index` alone (`--gpus device=<index>`, only when the container has GPUs: `has_gpus`); in
+    the host's network, `ports` ({"http", "grpc", "metrics": port}) as tritonserver's
+    --http-port, --grpc-port and --metrics-port at the end of the command. Left out: published
+    ports (the replica is reached by name on the network), the GPU reservation (all GPUs,
+    replaced by one), the environment (the image's own applies; compose sets none for triton,
+    and the image's NVIDIA_VISIBLE_DEVICES=all must not widen the one GPU). Raises ServerError
+    when the container has no image or command, is on a network without names (`_network`), or
+    is in the host's network and `ports` is missing.
     """
     config = container.get("Config") or {}
     image = config.get("Image")
@@ -135,13 +152,20 @@ def run_args(container: dict, index: int) -> list[str]:
         raise ServerError(f"Docker reports no image for the container "
                           f"{container.get('Name', '?').lstrip('/')} (Config.Image)")
     shm = int((container.get("HostConfig") or {}).get("ShmSize") or 0)
+    network = _network(container)
+    command = container_command(container)
+    if network == HOST_NETWORK:
+        if not ports:
+            raise ServerError("In the host's network each replica needs ports of its own: "
+                              "pass `ports`.")
+        command = [*command, *(f"--{name}-port={ports[name]}" for name in TRITON_PORTS)]
     return ["run", "--detach", "--name", replica_name(index),
             "--label", f"{REPLICA_LABEL}={index}",
-            "--network", _network(container),
-            "--gpus", f"device={index}",
+            "--network", network,
+            *(["--gpus", f"device={index}"] if has_gpus(container) else []),
             *(["--shm-size", str(shm)] if shm > 0 else []),
             *_mount_args(container),
-            image, *container_command(container)]
+            image, *command]
 
 
 def restricted_key(command: Sequence[str]) -> tuple[str, str] | None:
@@ -319,14 +343,22 @@ class DockerReplicas(ServerGroup):
         self.inspected = inspect_container(source, docker)
         command = container_command(self.inspected)
         header, key = restricted_key(command) or (KEY_HEADER, key or api_key())
-        ports = command_ports(command)
-        self.servers = [
-            DockerTritonReplica(
-                i, run_args(self.inspected, i),
-                TritonAddress(replica_name(i), ports["http"], ports["grpc"], ports["metrics"]),
+        self.gpus = has_gpus(self.inspected)
+        host_network = _network(self.inspected) == HOST_NETWORK
+        self.servers = []
+        for i in range(count):
+            if host_network:  # this container shares that network: free ports of 127.0.0.1
+                ports = dict(zip(TRITON_PORTS, settings.free_ports(3)))
+                address = TritonAddress("127.0.0.1", ports["http"], ports["grpc"],
+                                        ports["metrics"])
+            else:
+                ports = command_ports(command)
+                address = TritonAddress(replica_name(i), ports["http"], ports["grpc"],
+                                        ports["metrics"])
+            self.servers.append(DockerTritonReplica(
+                i, run_args(self.inspected, i, ports if host_network else None), address,
                 model_repository, key=key, header=header, docker=docker,
-                log_dir=self.state_dir / f"replica-{i}")
-            for i in range(count)]
+                log_dir=self.state_dir / f"replica-{i}"))
         self.model_repository = self.servers[0].model_repository
         self.served: mc.ModelConfig | None = None  # the config `serve` loaded, as each got it
 
@@ -381,6 +413,10 @@ class DockerReplicas(ServerGroup):
         Triton's reason."""
         configs.validate(cfg)
         runnable = share_cores(replica_config(cfg, len(self)), len(self))
+        if not self.gpus:  # containers without GPUs: the GPU groups run as CPU instances
+            runnable, note = configs.for_this_machine(runnable, 0)
+            if note:
+                log.info(note)
         return self._load_everywhere(runnable, timeout)
 
     def plan(self, cfg: mc.ModelConfig | None = None, cores: int | None = None) -> str:

@@ -121,11 +121,15 @@ def compose_service(compose_file: Path | str = COMPOSE_FILE) -> dict:
 
 # compose's forms of the key: ${TRITONLAB_API_KEY}, ${TRITONLAB_API_KEY:?message}, :-default...
 _COMPOSE_KEY = re.compile(r"\$\{" + KEY_VARIABLE + r"(?:[:?+-][^}]*)?\}")
+#: Any other compose variable with a default, `${NAME:-default}`: a pod gets the default (the
+#: variable is for machines where compose runs, such as TRITONLAB_BIND_ADDRESS for make node-check).
+_COMPOSE_DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")
 
 
 def server_args(compose_file: Path | str = COMPOSE_FILE) -> list[str]:
     """compose's `triton` command with the key written `$(TRITONLAB_API_KEY)`, as Kubernetes
-    expands it from the container's environment.
+    expands it from the container's environment, and every other `${NAME:-default}` replaced by
+    its default (what compose uses where NAME is unset).
 
     Both compose's `command` and Kubernetes' `args` replace the image's CMD and keep its
     ENTRYPOINT (NGC's nvidia_entrypoint.sh), so the list is used as it is, `tritonserver` first.
@@ -135,6 +139,7 @@ def server_args(compose_file: Path | str = COMPOSE_FILE) -> list[str]:
     args = []
     for arg in compose_service(compose_file)["command"]:
         arg = _COMPOSE_KEY.sub(lambda _: KEY_REFERENCE, str(arg))
+        arg = _COMPOSE_DEFAULT.sub(lambda m: m.group(2), arg)
         if "$" in arg.replace(KEY_REFERENCE, ""):
             raise ManifestError(f"{compose_file}: the flag {arg!r} uses a compose variable other "
                                 f"than {KEY_VARIABLE}; Kubernetes would not expand it.")
