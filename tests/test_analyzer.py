@@ -248,3 +248,44 @@ def test_the_analyzer_variant_is_the_saved_best_renamed(results_dir):
     table = results.table()
     assert list(table["variant"]) == [points["variant"][0]]
     assert table[results.P95].iloc[0] == 20_000.0
+
+
+STOPPED_CONTAINER = """#!/bin/sh
+# compose's triton container, stopped until `docker start triton`: its Triton is the test
+# session's server; `docker exec` fails as Docker does for a stopped container
+echo "$*" >> "$DOCKER_CALLS"
+case "$1" in
+  start) touch "$DOCKER_CALLS.started"; echo triton ;;
+  inspect)
+    if [ "$3" = "{{.State.Running}}" ]; then
+      [ -e "$DOCKER_CALLS.started" ] && echo true || echo false
+    fi ;;
+  exec)
+    [ -e "$DOCKER_CALLS.started" ] || {
+      echo "Error response from daemon: Container 2434 is not running" >&2; exit 1; }
+    echo "model-analyzer: stopped here by the test" >&2; exit 1 ;;
+esac
+"""
+
+
+@pytest.mark.server
+def test_on_the_gpu_node_the_search_starts_a_stopped_triton_container_first(
+        triton, tmp_path, monkeypatch):
+    """Notebook 08 ends by stopping the Triton container, and notebook 09's search runs inside
+    it (`docker exec triton`): the search starts it first (found by `make node-check`)."""
+    (tmp_path / "bin").mkdir()
+    docker = tmp_path / "bin" / "docker"
+    docker.write_text(STOPPED_CONTAINER)
+    docker.chmod(0o755)
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("DOCKER_CALLS", str(calls))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("TRITONLAB_MODE", "docker")
+    monkeypatch.setenv("TRITON_URL", triton.address.url)
+    monkeypatch.setenv("TRITONLAB_API_KEY", "k")
+    opts = analyzer.SearchSettings.for_course(runtimes=["torch"])
+    with pytest.raises(analyzer.AnalyzerError, match="stopped here by the test"):
+        analyzer.search(opts, folder=tmp_path / "ma", progress=False)
+    recorded = calls.read_text().splitlines()
+    first_exec = next(i for i, line in enumerate(recorded) if line.startswith("exec triton"))
+    assert "start triton" in recorded[:first_exec]

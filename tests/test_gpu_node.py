@@ -18,7 +18,12 @@ import yaml
 
 from tritonlab import settings
 from tritonlab.serving import ServerError, choose_mode, configs, get_server
-from tritonlab.serving.docker import KEY_HEADER, DockerTriton, restriction_flags
+from tritonlab.serving.docker import (
+    GRPC_KEY_HEADER,
+    KEY_HEADER,
+    DockerTriton,
+    restriction_flags,
+)
 from tritonlab.serving.embedded import EmbeddedTriton
 from tritonlab.settings import TritonAddress
 
@@ -254,6 +259,17 @@ def test_restricted_model_control_refuses_a_load_without_the_key(tmp_path, repos
         assert requests.post(base, json={}, headers={KEY_HEADER: key}, timeout=60).status_code \
             == 200
         assert server.reload_model("food_classifier") >= 0  # the package sends the key itself
+        # over gRPC the key travels under Triton's prefixed name (GRPC_KEY_HEADER)
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        grpc = grpcclient.InferenceServerClient(server.grpc_url)
+        try:
+            with pytest.raises(InferenceServerException, match=GRPC_KEY_HEADER):
+                grpc.load_model("food_classifier", headers={KEY_HEADER.lower(): key})
+            grpc.load_model("food_classifier", headers={GRPC_KEY_HEADER: key})
+        finally:
+            grpc.close()
         infer_ok = requests.get(f"http://{server.http_url}/v2/health/ready", timeout=5)
         assert infer_ok.status_code == 200  # health and inference stay open
     finally:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -49,16 +50,6 @@ def resolved(compose: list[str], files: str, **env: str) -> dict:
     return yaml.safe_load(out.stdout)
 
 
-def binding(port) -> tuple[str, str]:
-    """(published port, host address) of a port entry: v2 writes a mapping, 1.29 a string
-    `127.0.0.1:8000:8000/tcp`."""
-    if isinstance(port, dict):
-        return str(port.get("published")), port.get("host_ip", "")
-    host_ip, published, _ = str(port).rsplit(":", 2) if str(port).count(":") == 2 \
-        else ("", *str(port).split(":", 1))
-    return published, host_ip
-
-
 @pytest.fixture(params=compose_commands() or [None], ids=lambda c: " ".join(c or ["none"]))
 def compose(request):
     if request.param is None:
@@ -85,7 +76,7 @@ def test_compose_resolves_the_node_and_the_check_alike(compose):
     node = resolved(compose, "compose.yaml:compose.node.yaml")
     triton, jupyter = node["services"]["triton"], node["services"]["jupyter"]
     assert "network_mode" not in triton and node["networks"]["default"]["name"] == "tritonlab"
-    published = dict(binding(p) for s in (triton, jupyter) for p in s["ports"])
+    published = dict(check.port_binding(p) for s in (triton, jupyter) for p in s["ports"])
     assert published == dict.fromkeys(["8000", "8001", "8002", "8888", "8080"], "127.0.0.1")
     assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "--http-address=0.0.0.0" in triton["command"]  # the container's own interfaces
@@ -292,6 +283,11 @@ def test_a_daemon_left_by_an_interrupted_check_is_stopped_by_the_next(tmp_path):
     # a process whose command line names dockerd stands in for the daemon
     daemon = subprocess.Popen(["python3", "-c", "import time; time.sleep(60)", "dockerd"],
                               start_new_session=True)
+    cmdline = Path(f"/proc/{daemon.pid}/cmdline")
+    for _ in range(100):  # until it has exec'd: before that it is a copy of this process
+        if b"dockerd" in cmdline.read_bytes():
+            break
+        time.sleep(0.05)
     try:
         (state / "dockerd.pid").write_text(f"{other.pid}\n")
         docker = engine.DockerEngine(state)

@@ -323,6 +323,15 @@ def search(opts: SearchSettings | None = None, model: str = "food_classifier",
     opts = opts or SearchSettings.for_course()
     if choose_mode()[0] != "docker":
         binary()  # installed here? (on the GPU node it is in the Triton image)
+    else:
+        # it runs inside the Triton container (`docker exec`), which the notebook before this
+        # one stopped at its end (found by `make node-check`)
+        from ..serving import get_server
+
+        server = get_server()
+        if not server.is_running():
+            log.info("Model Analyzer runs in the Triton container, which is stopped: starting "
+                     f"it ({server.start():.0f} s)")
     limit = search_limit_s()
     folder = Path(folder or settings.output_dir() / "model-analyzer")
     frames, found = [], {}

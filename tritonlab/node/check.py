@@ -58,7 +58,6 @@ READY_TIMEOUT_S = 600
 #: minutes a cell) is what stops a stuck notebook; this only bounds a hung `docker exec`.
 NOTEBOOK_TIMEOUT_S = 3600
 CONTAINERS = ("triton", "jupyter")
-KEY_HEADER = "X-Tritonlab-Key"
 
 
 @dataclass
@@ -85,12 +84,13 @@ class NodeCheck:
     out: Path = settings.ROOT / "build" / "node-check"
     short: bool = False
     images_only: bool = False
+    background: bool = False
     notebooks: list[str] | None = None
     steps: list[Step] = field(default_factory=list)
     key: str = field(default_factory=lambda: secrets.token_hex(16))
 
     def __post_init__(self) -> None:
-        self.engine = DockerEngine(self.out / "state")
+        self.engine = DockerEngine(self.out / "state", background=self.background)
         self.bases: list[BaseImage] = []
         self.began = time.monotonic()
         self.started_at = datetime.now(timezone.utc)
@@ -176,7 +176,7 @@ class NodeCheck:
 
         held = {name: (port, port_owner(port)) for name, port in PORTS.items()}
         busy = {name: f"{port} held by {owner}" for name, (port, owner) in held.items() if owner}
-        leftover = self.docker("ps", "-a", "--filter", "name=^(triton|jupyter)$", "--format",
+        leftover = self.docker("ps", "-a", "--filter", "name=^/?(triton|jupyter)$", "--format",
                                "{{.Names}}", check=False).stdout.split()
         if busy and not leftover:
             raise CheckFailed("The containers share this machine's network and need these "
@@ -189,13 +189,21 @@ class NodeCheck:
             return f"removed containers an earlier check left: {', '.join(leftover)}"
         return "free: " + ", ".join(f"{port} ({name})" for name, port in PORTS.items())
 
+    def image_ids(self, names: list[str]) -> list[str]:
+        """The local image IDs of `names` (those present)."""
+        return [i for i in (self.docker("image", "inspect", "--format", "{{.Id}}", name,
+                                        check=False).stdout.strip() for name in names) if i]
+
     def _bases(self, step: Step) -> str:
+        # the versions a rebuild replaces, removed once nothing builds on them (`_images`)
+        self.replaced = self.image_ids([*base_images(), *(f"tritonlab-{c}" for c in CONTAINERS)])
         self.bases = [ensure_base(self.engine, name) for name in base_images()]
         step.data["bases"] = [b.as_dict() for b in self.bases]
         return "; ".join(f"{b.name}: {b.used}" for b in self.bases)
 
     def _images(self, step: Step) -> str:
         self.script("images", timeout=3600)
+        self.remove_replaced(step)
         step.data["images"] = {}
         for service in CONTAINERS:
             image = f"tritonlab-{service}"
@@ -203,6 +211,16 @@ class NodeCheck:
             step.data["images"][image] = {"size (GB)": round(info["Size"] / 1e9, 2),
                                           "id": info["Id"], "created": info["Created"]}
         return "; ".join(f"{name} {i['size (GB)']} GB" for name, i in step.data["images"].items())
+
+    def remove_replaced(self, step: Step) -> None:
+        """Remove the image versions this run's builds replaced (several GB each), images first,
+        then their bases; one still in use by a container stays."""
+        current = set(self.image_ids([*base_images(), *(f"tritonlab-{c}" for c in CONTAINERS)]))
+        stale = [i for i in getattr(self, "replaced", []) if i not in current]
+        removed = [i for i in stale
+                   if self.docker("rmi", i, timeout=300, check=False).returncode == 0]
+        if removed:
+            step.data["replaced images removed"] = removed
 
     def _containers(self, step: Step) -> str:
         self.script("containers", timeout=1800)
@@ -249,11 +267,10 @@ class NodeCheck:
             if service.get("network_mode"):
                 problems.append(f"{name} has network_mode {service['network_mode']} on the node")
             for port in service.get("ports", []):
-                host_ip = port.get("host_ip") if isinstance(port, dict) else str(port).split(":")[0]
-                target = port.get("target") if isinstance(port, dict) else str(port)
-                published.append(f"{name} {host_ip}:{target}")
+                number, host_ip = port_binding(port)
+                published.append(f"{name} {host_ip}:{number}")
                 if host_ip != "127.0.0.1":
-                    problems.append(f"{name} publishes {target} on {host_ip or 'every address'}")
+                    problems.append(f"{name} publishes {number} on {host_ip or 'every address'}")
         networks = config.get("networks", {})
         if (networks.get("default") or {}).get("name") != "tritonlab":
             problems.append("the default network is not named tritonlab")
@@ -279,6 +296,8 @@ class NodeCheck:
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
+        from ..serving.docker import GRPC_KEY_HEADER, KEY_HEADER
+
         url = "http://127.0.0.1:8000/v2/repository/models/food_classifier/load"
         without = requests.post(url, json={}, timeout=60)
         wrong = requests.post(url, json={}, headers={KEY_HEADER: "not-the-key"}, timeout=60)
@@ -290,7 +309,7 @@ class NodeCheck:
                 grpc_without = "accepted"
             except InferenceServerException as exc:
                 grpc_without = f"refused ({exc.status()})"
-            client.load_model("food_classifier", headers={KEY_HEADER.lower(): self.key})
+            client.load_model("food_classifier", headers={GRPC_KEY_HEADER: self.key})
             grpc_with = "accepted"
         finally:
             client.close()
@@ -426,7 +445,7 @@ class NodeCheck:
             if replicas:
                 self.docker("rm", "-f", *replicas, check=False)
                 done.append(f"{len(replicas)} replica container(s) removed")
-            left = self.docker("ps", "-a", "--filter", "name=^(triton|jupyter)$", "--format",
+            left = self.docker("ps", "-a", "--filter", "name=^/?(triton|jupyter)$", "--format",
                                "{{.Names}}", check=False).stdout.split()
             networks = self.docker("network", "ls", "--filter", "name=^tritonlab$", "--format",
                                    "{{.Name}}", check=False).stdout.split()
@@ -545,6 +564,15 @@ def markdown(body: dict) -> str:
         lines += ["", "## The classifier's baseline, container against embedded", "",
                   "```", baseline["detail"], "```"]
     return "\n".join(lines) + "\n"
+
+
+def port_binding(port) -> tuple[str, str]:
+    """(published port, host address) of an entry of `compose config`'s ports: Compose v2 writes
+    a mapping, docker-compose 1.29 a string such as `127.0.0.1:8000:8000/tcp`."""
+    if isinstance(port, dict):
+        return str(port.get("published")), port.get("host_ip", "")
+    parts = str(port).split("/")[0].split(":")
+    return (parts[-2], ":".join(parts[:-2])) if len(parts) >= 3 else (parts[0], "")
 
 
 def _json(response) -> dict:

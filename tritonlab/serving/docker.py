@@ -31,6 +31,10 @@ from .server import ServerError, TritonServer
 
 KEY_HEADER = "X-Tritonlab-Key"        # HTTP header Triton checks on restricted APIs
 RESTRICTED = "model-repository"
+#: The gRPC metadata key a client sends the key under: Triton prefixes the flag's key with
+#: `triton-grpc-protocol-` (server 2.51 refuses anything else with "expecting header
+#: 'triton-grpc-protocol-x-tritonlab-key'"; found by `make node-check`).
+GRPC_KEY_HEADER = "triton-grpc-protocol-" + KEY_HEADER.lower()
 
 
 def api_key(state_dir: Path | None = None) -> str:
