@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import secrets
 import sys
 import time
@@ -58,6 +59,7 @@ READY_TIMEOUT_S = 600
 #: minutes a cell) is what stops a stuck notebook; this only bounds a hung `docker exec`.
 NOTEBOOK_TIMEOUT_S = 3600
 CONTAINERS = ("triton", "jupyter")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass
@@ -73,6 +75,15 @@ class Step:
 
 class CheckFailed(RuntimeError):
     """A step failed; the check goes on to clean up, and the report says which and why."""
+
+
+def failure(proc, log_path: Path, what: str = "", lines: int = 20) -> CheckFailed:
+    """CheckFailed for a command that exited non-zero: its exit code, its log, and its last
+    lines (colours and progress bars left out)."""
+    text = ANSI.sub("", proc.stdout + proc.stderr)
+    tail = [ln for ln in text.splitlines() if ln.strip() and "%|" not in ln][-lines:]
+    return CheckFailed(f"{what + ': ' if what else ''}exit {proc.returncode}; log {log_path}\n"
+                       + "\n".join(tail))
 
 
 @dataclass
@@ -137,9 +148,7 @@ class NodeCheck:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
-            raise CheckFailed(f"gpu_node_setup.sh {step_name} failed (exit {proc.returncode}); "
-                              f"log: {log_path}\n{tail}")
+            raise failure(proc, log_path, f"gpu_node_setup.sh {step_name} failed")
         return proc.stdout
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True):
@@ -368,10 +377,7 @@ class NodeCheck:
             step.data["log"] = str(log_path.relative_to(self.root))
             step.data["executed copy"] = f"build/node-check/lab/{name}"
             if proc.returncode != 0:
-                lines = [ln for ln in (proc.stdout + proc.stderr).splitlines()
-                         if ln.strip() and "%|" not in ln]
-                raise CheckFailed(f"exit {proc.returncode}; log {log_path}\n"
-                                  + "\n".join(lines[-25:]))
+                raise failure(proc, log_path, lines=25)
             return f"executed copy: build/node-check/lab/{name}"
         return call
 
@@ -386,21 +392,20 @@ class NodeCheck:
         proc, log_path = self.in_jupyter(["python", "-c", code], 900, "restart")
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESTARTED")]
         if proc.returncode != 0 or not line:
-            raise CheckFailed(f"exit {proc.returncode}; log {log_path}\n"
-                              + "\n".join((proc.stdout + proc.stderr).splitlines()[-20:]))
+            raise failure(proc, log_path)
         step.data["seconds to ready"] = float(line[0].split()[1])
         return f"docker stop + start of the Triton container, ready again in {line[0].split()[1]} s"
 
     def _handin(self, step: Step) -> str:
         proc, log_path = self.in_jupyter(["make", "handin"], 900, "handin", env=self.lab_env())
         if proc.returncode != 0:
-            raise CheckFailed(f"exit {proc.returncode}; log {log_path}\n"
-                              + "\n".join((proc.stdout + proc.stderr).splitlines()[-20:]))
+            raise failure(proc, log_path)
         archives = sorted((self.out / "handin").glob("*.zip")) or sorted(
             (self.root / "build" / "node-check").rglob("handin-*.zip"))
         step.data["archive"] = str(archives[-1].relative_to(self.root)) if archives else ""
-        summary = [ln for ln in proc.stdout.splitlines() if ln.strip()][-8:]
-        return "\n".join(summary)
+        summary = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+        start = next((i for i, ln in enumerate(summary) if ln.startswith("Hand-in written")), 0)
+        return "\n".join(summary[start:start + 8])
 
     def _healthy(self, step: Step) -> str:
         self.compose("up", "-d", timeout=600)
@@ -418,7 +423,9 @@ class NodeCheck:
         step.data["ps"] = self.compose("ps", timeout=60).stdout
         if any(v != "healthy" for v in health.values()):
             raise CheckFailed(f"health: {health}\n{step.data['ps']}")
-        return "\n".join(step.data["ps"].rstrip().splitlines())
+        return (", ".join(f"{name} {state}" for name, state in health.items())
+                + f" (after `compose up -d`: ready in {step.data['ready (s)']:.0f} s)\n"
+                + step.data["ps"].rstrip())
 
     def _baseline(self, step: Step) -> str:
         """The classifier's baseline config measured in the Triton container (perf_analyzer in
@@ -428,8 +435,7 @@ class NodeCheck:
                                           "--out", out], 1800, "baseline-docker",
                                          env={"TRITONLAB_QUICK": "1"})
         if proc.returncode != 0:
-            raise CheckFailed(f"in the container: exit {proc.returncode}; log {log_path}\n"
-                              + "\n".join((proc.stdout + proc.stderr).splitlines()[-20:]))
+            raise failure(proc, log_path, "in the container")
         docker_rows = json.loads((self.out / "baseline-docker.json").read_text())
         # the containers stay up but idle while the embedded server is measured
         embedded_rows = measure_embedded(self.out / "baseline-embedded.json")
@@ -632,10 +638,16 @@ def compare_baselines(docker_rows: list[dict], embedded_rows: list[dict]) -> str
     from ..measuring import reports, results
 
     docker_df, embedded_df = pd.DataFrame(docker_rows), pd.DataFrame(embedded_rows)
-    columns = ["variant", "concurrency", results.THROUGHPUT, results.P95, results.REQUESTS]
     table = pd.concat([embedded_df, docker_df], ignore_index=True)
-    shown = table[[c for c in columns if c in table]].round(1).to_string(index=False)
-    return (f"{shown}\n\n{reports.compare(embedded_df, docker_df)}\n"
+    table["p95 latency (ms)"] = table[results.P95] / 1000
+    columns = ["variant", "concurrency", results.THROUGHPUT, "p95 latency (ms)",
+               results.REQUESTS]
+    shown = table[columns].round(1).to_string(index=False)
+    both = embedded_df.merge(docker_df, on="concurrency", suffixes=("", " (docker)"))
+    first = ("the container's throughput over the embedded server's: "
+             + ", ".join(f"{row[results.THROUGHPUT + ' (docker)'] / row[results.THROUGHPUT]:.2f}x"
+                         f" at concurrency {row['concurrency']}" for _, row in both.iterrows()))
+    return (f"{first}\n{shown}\n\n{reports.compare(embedded_df, docker_df)}\n"
             "Both on this machine's cores, with perf_analyzer sharing them; the container side "
             "adds Docker's host network and the Jupyter container's perf_analyzer.")
 
