@@ -4,7 +4,9 @@ Its real search runs in notebook 09 (tests/test_notebooks.py)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 
 import pandas as pd
 import pytest
@@ -279,7 +281,7 @@ def test_on_the_gpu_node_the_search_starts_a_stopped_triton_container_first(
     docker.chmod(0o755)
     calls = tmp_path / "calls"
     monkeypatch.setenv("DOCKER_CALLS", str(calls))
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     monkeypatch.setenv("TRITONLAB_MODE", "docker")
     monkeypatch.setenv("TRITON_URL", triton.address.url)
     monkeypatch.setenv("TRITONLAB_API_KEY", "k")
@@ -289,3 +291,53 @@ def test_on_the_gpu_node_the_search_starts_a_stopped_triton_container_first(
     recorded = calls.read_text().splitlines()
     first_exec = next(i for i, line in enumerate(recorded) if line.startswith("exec triton"))
     assert "start triton" in recorded[:first_exec]
+
+
+SAVED = settings.ROOT / "tests" / "data" / "model_analyzer"
+
+
+def test_a_checkpoint_gives_the_rows_of_model_analyzer_s_own_csv(tmp_path):
+    """A real run's checkpoint and CSV (tests/data/model_analyzer): the two readers agree, so a
+    run stopped before its CSV is read as one that finished."""
+    export = tmp_path / "export"
+    (export / "checkpoints").mkdir(parents=True)
+    (export / "results").mkdir()
+    (export / "checkpoints" / "0.ckpt").write_bytes((SAVED / "0.ckpt").read_bytes())
+    (export / "results" / "metrics-model-inference.csv").write_bytes(
+        (SAVED / "metrics-model-inference.csv").read_bytes())
+    from_checkpoint = analyzer.read_checkpoint(export, "onnxruntime", analyzer.P95_BUDGET_MS)
+    from_csv = analyzer.read_results(export, "onnxruntime")
+    pd.testing.assert_frame_equal(from_checkpoint, from_csv, check_dtype=False)
+    assert len(from_csv) == 6 and set(from_csv["satisfies constraints"]) == {"Yes", "No"}
+    with pytest.raises(analyzer.AnalyzerError, match="no checkpoint"):
+        analyzer.read_checkpoint(tmp_path / "nothing", "onnxruntime", 50)
+
+
+STALLING_ANALYZER = """#!/bin/sh
+# Model Analyzer's quick search stuck in its back-off (TMA-871): one measurement, its
+# checkpoint saved, then no new measurement; SIGINT makes it exit 1, as Model Analyzer does
+export=$(sed -n 's/^export_path: //p' "$3")
+mkdir -p "$export/checkpoints"
+cp "$SAVED_CHECKPOINT" "$export/checkpoints/0.ckpt"
+echo "[Model Analyzer] Profiling food_classifier_config_0: concurrency=2"
+trap 'echo "Received SIGINT 1/3"; exit 1' INT
+while :; do sleep 0.2; done
+"""
+
+
+def test_a_search_that_stops_measuring_is_stopped_and_read_from_its_checkpoint(
+        tmp_path, monkeypatch):
+    fake = tmp_path / "model-analyzer"
+    fake.write_text(STALLING_ANALYZER)
+    fake.chmod(0o755)
+    monkeypatch.setenv("TRITONLAB_MODEL_ANALYZER", str(fake))
+    monkeypatch.setenv("SAVED_CHECKPOINT", str(SAVED / "0.ckpt"))
+    monkeypatch.delenv("TRITONLAB_MODE", raising=False)
+    monkeypatch.setattr(analyzer, "stall_limit_s", lambda: 2)
+    opts = analyzer.SearchSettings.for_course(runtimes=["torch"])
+    began = time.monotonic()
+    found = analyzer.search(opts, folder=tmp_path / "ma", progress=False)
+    assert time.monotonic() - began < 60
+    assert len(found.points) == 6 and found.points["runtime"].eq("torch").all()
+    best = analyzer.best_within(found.points, analyzer.P95_BUDGET_MS)
+    assert best["config name"] == "food_classifier_config_1"

@@ -20,8 +20,10 @@ written on one side are read on the other. Its search then varies GPU instance c
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -129,6 +131,17 @@ def search_limit_s(quick: bool | None = None) -> int:
     return 1800 if quick else 7200
 
 
+def stall_limit_s(quick: bool | None = None) -> int:
+    """Seconds Model Analyzer may run without starting a new measurement before the course stops
+    it (`search`): 4 minutes in quick mode (one measurement, its Triton's reload included, takes
+    well under one), 15 in a full run. Model Analyzer 1.46's quick search can step back and
+    forth between configurations it has already measured without ever ending (its own code:
+    "TODO: TMA-871: handle back-off (and its termination) better"), as it did here once a
+    neighbour broke the p95 budget."""
+    quick = settings.quick_mode() if quick is None else quick
+    return 240 if quick else 900
+
+
 #: Inside the GPU node's Triton image (Dockerfile.triton): Model Analyzer's virtual environment,
 #: the image's own tritonserver, the perf_analyzer of tritonclient 2.51.0 (a pin of
 #: requirements/triton-image.txt: newer wheels need glibc 2.38, the image has 2.35; pip puts
@@ -179,6 +192,28 @@ class Launch:
             docker, "exec", container, "sh", "-c", run, "model-analyzer"),
             server=IMAGE_SERVER, perf_analyzer=IMAGE_PERF_ANALYZER, server_flags={},
             server_environment={}, gpus=True)
+
+    def interrupt(self, proc: subprocess.Popen) -> None:
+        """SIGINT to Model Analyzer (`proc`, started in a session of its own): it saves its
+        checkpoint and exits. In the Triton container the signal is sent there (`docker exec`
+        does not pass signals on), to every process running IMAGE_ANALYZER."""
+        if self.where == "here":
+            try:
+                os.killpg(proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+            return
+        find = ("import os, signal\n"
+                "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+                "    try:\n"
+                f"        if {IMAGE_ANALYZER!r}.encode() in open(f'/proc/{{pid}}/cmdline', 'rb')"
+                ".read().split(b'\\0')[:2]:\n"
+                "            os.kill(int(pid), signal.SIGINT)\n"
+                "    except OSError:\n"
+                "        pass\n")
+        docker, _, container = self.command[:3]
+        subprocess.run([docker, "exec", container, "python3", "-c", find],
+                       capture_output=True, timeout=60)
 
     @classmethod
     def for_this_machine(cls, state_dir: Path, limit_s: int = 7200) -> Launch:
@@ -296,6 +331,47 @@ def read_results(folder: Path, runtime: str) -> pd.DataFrame:
     return df.sort_values(["config name", "concurrency"]).reset_index(drop=True)
 
 
+def read_checkpoint(folder: Path, runtime: str, budget_ms: float) -> pd.DataFrame:
+    """What Model Analyzer measured, read from its checkpoint (`<folder>/checkpoints/*.ckpt`,
+    which it saves after every measurement) in the same rows and columns as `read_results`
+    (values rounded as its CSV rounds them; 'satisfies constraints' from `budget_ms`): for a
+    run stopped before it wrote its CSV. Raises AnalyzerError when there is no checkpoint or it
+    holds no measurement."""
+    found = sorted((folder / "checkpoints").glob("*.ckpt"),
+                   key=lambda p: int(p.stem) if p.stem.isdigit() else -1)
+    if not found:
+        raise AnalyzerError(f"Model Analyzer left no checkpoint in {folder / 'checkpoints'}")
+    saved = json.loads(found[-1].read_text())["ResultManager.results"]["_results"]
+    rows = []
+    for model, variants in saved.items():
+        for name, (run_config, measurements) in variants.items():
+            cfg = run_config["_model_run_configs"][0]["_model_config_variant"]["model_config"]
+            groups = ",".join(f"{g.get('count', 1)}:{g.get('kind', 'KIND_AUTO')[5:]}"
+                              for g in cfg.get("instanceGroup", []))
+            for measurement in measurements.values():
+                part = measurement["_model_config_measurements"][0]
+                value = {key: record["_value"] for key, record in part["_non_gpu_data"]}
+                pa = part["_model_specific_pa_params"]
+                p95 = round(value["perf_latency_p95"], 1)
+                rows.append({"model": model, "batch size": pa.get("batch-size", 1),
+                             "concurrency": pa["concurrency-range"], "config name": name,
+                             "instance group": groups,
+                             "max batch size": cfg.get("maxBatchSize", 0),
+                             "satisfies constraints": "Yes" if p95 <= budget_ms else "No",
+                             results.THROUGHPUT: round(value["perf_throughput"], 1),
+                             "p95 latency (ms)": p95,
+                             "p99 latency (ms)": round(value["perf_latency_p99"], 1),
+                             "server queue (ms)": round(value["perf_server_queue"], 1),
+                             "server compute infer (ms)":
+                                 round(value["perf_server_compute_infer"], 1)})
+    if not rows:
+        raise AnalyzerError(f"Model Analyzer's checkpoint {found[-1]} holds no measurement")
+    df = pd.DataFrame(rows)
+    df["runtime"] = runtime
+    df["variant"] = [variant_name(name, runtime) for name in df["config name"]]
+    return df.sort_values(["config name", "concurrency"]).reset_index(drop=True)
+
+
 def _progress_line(line: str) -> str | None:
     """The part of a Model Analyzer log line worth showing while it runs (None: not shown)."""
     for key in ("Profiling ", "Creating model config", "No changes made", "Done with quick",
@@ -303,6 +379,31 @@ def _progress_line(line: str) -> str | None:
         if key in line:
             return line.split("] ", 1)[-1].strip() if "] " in line else line.strip()
     return None
+
+
+class _StallGuard:
+    """Interrupts Model Analyzer (`launch.interrupt`) when `seconds` pass without `progress()`
+    (a new measurement): see `stall_limit_s`. `fired` says whether it did."""
+
+    def __init__(self, proc: subprocess.Popen, launch: Launch, seconds: int) -> None:
+        self.proc, self.launch, self.seconds = proc, launch, seconds
+        self.fired = False
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def progress(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        while not self._done.wait(5):
+            if self.proc.poll() is None and time.monotonic() - self._last > self.seconds:
+                self.fired = True
+                self.launch.interrupt(self.proc)
+                return
 
 
 def search(opts: SearchSettings | None = None, model: str = "food_classifier",
@@ -359,24 +460,35 @@ def search(opts: SearchSettings | None = None, model: str = "food_classifier",
         watchdog = threading.Timer(limit + 120, proc.kill)
         watchdog.start()
         start, lines = time.monotonic(), []
+        stalled = _StallGuard(proc, launch, stall_limit_s())
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
                 lines.append(line.rstrip())
+                if "Profiling " in line:  # a new measurement starts
+                    stalled.progress()
                 shown = _progress_line(line)
                 if shown and progress:
                     print(f"[{time.monotonic() - start:5.0f} s] {runtime}: {shown}", flush=True)
             code = proc.wait()
         finally:
             watchdog.cancel()
-        if code != 0:
+            stalled.stop()
+        if stalled.fired:
+            frame = read_checkpoint(work / "export", runtime, opts.p95_budget_ms)
+            log.info(f"Model Analyzer ({runtime}) made no new measurement in "
+                     f"{stalled.seconds} s: its quick search was stepping between "
+                     f"configurations it had measured (Model Analyzer 1.46: TMA-871), so it was "
+                     f"stopped; its {len(frame)} measurements are read from its checkpoint.")
+        elif code != 0:
             tail = "\n".join(lines[-15:])
             # -9: the watchdog here; 124: `timeout` in the Triton container
             late = f" (stopped after its limit of {limit} s)" if code in (-9, 124) else ""
             raise AnalyzerError(f"Model Analyzer ({runtime}) exited with {code}{late} after "
                                 f"{time.monotonic() - start:.0f} s; its last lines:\n{tail}\n"
                                 f"Its Triton's log: {work / 'export' / 'tritonserver.log'}")
-        frame = read_results(work / "export", runtime)
+        else:
+            frame = read_results(work / "export", runtime)
         written = {}  # each configuration Model Analyzer wrote, read once
         for name in frame["config name"].unique():
             path = work / "export" / "output_models" / name / "config.pbtxt"
