@@ -334,6 +334,7 @@ def test_a_search_that_stops_measuring_is_stopped_and_read_from_its_checkpoint(
     monkeypatch.setenv("SAVED_CHECKPOINT", str(SAVED / "0.ckpt"))
     monkeypatch.delenv("TRITONLAB_MODE", raising=False)
     monkeypatch.setattr(analyzer, "stall_limit_s", lambda: 2)
+    monkeypatch.setattr(analyzer._StallGuard, "grace", 3)
     opts = analyzer.SearchSettings.for_course(runtimes=["torch"])
     began = time.monotonic()
     found = analyzer.search(opts, folder=tmp_path / "ma", progress=False)

@@ -193,13 +193,13 @@ class Launch:
             server=IMAGE_SERVER, perf_analyzer=IMAGE_PERF_ANALYZER, server_flags={},
             server_environment={}, gpus=True)
 
-    def interrupt(self, proc: subprocess.Popen) -> None:
-        """SIGINT to Model Analyzer (`proc`, started in a session of its own): it saves its
-        checkpoint and exits. In the Triton container the signal is sent there (`docker exec`
-        does not pass signals on), to every process running IMAGE_ANALYZER."""
+    def interrupt(self, proc: subprocess.Popen, sig: int = signal.SIGINT) -> None:
+        """`sig` to Model Analyzer (`proc`, started in a session of its own): on SIGINT it saves
+        its checkpoint and exits. In the Triton container the signal is sent there (`docker
+        exec` does not pass signals on), to every process running IMAGE_ANALYZER."""
         if self.where == "here":
             try:
-                os.killpg(proc.pid, signal.SIGINT)
+                os.killpg(proc.pid, sig)
             except ProcessLookupError:
                 pass
             return
@@ -208,7 +208,7 @@ class Launch:
                 "    try:\n"
                 f"        if {IMAGE_ANALYZER!r}.encode() in open(f'/proc/{{pid}}/cmdline', 'rb')"
                 ".read().split(b'\\0')[:2]:\n"
-                "            os.kill(int(pid), signal.SIGINT)\n"
+                f"            os.kill(int(pid), {int(sig)})\n"
                 "    except OSError:\n"
                 "        pass\n")
         docker, _, container = self.command[:3]
@@ -383,7 +383,11 @@ def _progress_line(line: str) -> str | None:
 
 class _StallGuard:
     """Interrupts Model Analyzer (`launch.interrupt`) when `seconds` pass without `progress()`
-    (a new measurement): see `stall_limit_s`. `fired` says whether it did."""
+    (a new measurement): see `stall_limit_s`; kills it if it is still there `grace` seconds
+    later (a SIGINT its parent ignores never reaches it: background jobs of a shell start so).
+    `fired` says whether it did."""
+
+    grace = 30
 
     def __init__(self, proc: subprocess.Popen, launch: Launch, seconds: int) -> None:
         self.proc, self.launch, self.seconds = proc, launch, seconds
@@ -399,10 +403,13 @@ class _StallGuard:
         self._done.set()
 
     def _watch(self) -> None:
-        while not self._done.wait(5):
+        while not self._done.wait(1):
             if self.proc.poll() is None and time.monotonic() - self._last > self.seconds:
                 self.fired = True
                 self.launch.interrupt(self.proc)
+                if self._done.wait(self.grace) or self.proc.poll() is not None:
+                    return
+                self.launch.interrupt(self.proc, signal.SIGKILL)
                 return
 
 
