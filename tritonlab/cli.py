@@ -150,7 +150,7 @@ def _node_check(args) -> int:
     from .node.check import NodeCheck
 
     check = NodeCheck(short=args.short, images_only=args.images_only,
-                      background=args.background, notebooks=args.notebooks or None)
+                      notebooks=args.notebooks or None)
     return 1 if check.run() else 0
 
 
@@ -204,9 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images-only", action="store_true",
                    help="only the engine, the base images and both images (standard library "
                         "only: runs before the course's environment exists)")
-    p.add_argument("--background", action="store_true",
-                   help="start Docker at the lowest CPU and I/O priority (CI: the images build "
-                        "while the tests run)")
     p.add_argument("--notebooks", nargs="*", help="only these notebooks (file names)")
     p.set_defaults(func=_node_check)
     args = parser.parse_args(argv)

@@ -39,6 +39,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -95,13 +96,12 @@ class NodeCheck:
     out: Path = settings.ROOT / "build" / "node-check"
     short: bool = False
     images_only: bool = False
-    background: bool = False
     notebooks: list[str] | None = None
     steps: list[Step] = field(default_factory=list)
     key: str = field(default_factory=lambda: secrets.token_hex(16))
 
     def __post_init__(self) -> None:
-        self.engine = DockerEngine(self.out / "state", background=self.background)
+        self.engine = DockerEngine(self.out / "state")
         self.bases: list[BaseImage] = []
         self.replaced: list[str] = []  # image IDs present before the builds
         self.began = time.monotonic()
@@ -207,7 +207,11 @@ class NodeCheck:
     def _bases(self, step: Step) -> str:
         # the versions a rebuild replaces, removed once nothing builds on them (`_images`)
         self.replaced = self.image_ids()
-        self.bases = [ensure_base(self.engine, name) for name in base_images()]
+        # side by side: after the shared Debian root, each stand-in's build is mostly waiting on
+        # Debian's archive and PyPI
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            self.bases = list(pool.map(lambda name: ensure_base(self.engine, name),
+                                       base_images()))
         step.data["bases"] = [b.as_dict() for b in self.bases]
         return "; ".join(f"{b.name}: {b.used}" for b in self.bases)
 

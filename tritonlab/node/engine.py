@@ -70,9 +70,6 @@ class DockerEngine:
     installed: list[str] = field(default_factory=list)   # Debian packages this check installed
     started_pid: int | None = None                        # the dockerd this check started
     storage_driver: str | None = None
-    #: Start dockerd (and so containerd and every build and container under it) at the lowest
-    #: CPU and I/O priority: CI builds the images while the tests measure on the same cores.
-    background: bool = False
 
     # --- finding and starting ----------------------------------------------------------------
     def answers(self) -> bool:
@@ -105,14 +102,13 @@ class DockerEngine:
         check: `stop()` ends it), trying each of STORAGE_DRIVERS until `docker info` answers.
         EngineError with the daemon's last log lines when none works."""
         dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
-        lowest = ["nice", "-n", "19", "ionice", "-c", "3"] if self.background else []
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.state_dir / "dockerd.log"
         tried = []
         for driver in STORAGE_DRIVERS:
             with open(log_path, "ab") as log:
                 proc = subprocess.Popen(
-                    as_root([*lowest, dockerd, "--iptables=false", "--bridge=none",
+                    as_root([dockerd, "--iptables=false", "--bridge=none",
                              f"--storage-driver={driver}"]),
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True)
@@ -179,8 +175,6 @@ class DockerEngine:
         compose_version = run([*compose, "version", "--short"], timeout=30,
                               check=False).stdout.strip()
         return {"server": server, "client": client, "storage driver": driver,
-                "priority": "lowest (nice 19, idle I/O)" if self.background and self.started_pid
-                else "normal",
                 "compose": " ".join(compose), "compose version": compose_version,
                 "installed here": self.installed,
                 "daemon": ("started by this check" if self.started_pid else "already running")}

@@ -26,6 +26,7 @@ import json
 import re
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -168,11 +169,19 @@ def image_id(engine: DockerEngine, image: str) -> str:
                check=False).stdout.strip()
 
 
+_DEBIAN_ROOT = threading.Lock()  # stand-ins built side by side make the root once
+
+
 def debian_root(engine: DockerEngine) -> None:
     """`tritonlab-standin/debian:bookworm`: a minimal Debian 12 root filesystem from Debian's
-    archive (debootstrap), imported into Docker; kept for later runs."""
-    if labels_of(engine, DEBIAN_IMAGE) is not None:
-        return
+    archive (debootstrap), imported into Docker; kept for later runs. Safe to call from several
+    threads at once: one makes it, the others wait for it."""
+    with _DEBIAN_ROOT:
+        if labels_of(engine, DEBIAN_IMAGE) is None:
+            _debootstrap(engine)
+
+
+def _debootstrap(engine: DockerEngine) -> None:
     if not shutil.which("debootstrap"):
         raise EngineError("debootstrap is missing: `apt-get install debootstrap` (the stand-in "
                           "base images start from a Debian root filesystem it makes).")
