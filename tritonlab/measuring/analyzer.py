@@ -133,13 +133,13 @@ def search_limit_s(quick: bool | None = None) -> int:
 
 def stall_limit_s(quick: bool | None = None) -> int:
     """Seconds Model Analyzer may run without starting a new measurement before the course stops
-    it (`search`): 4 minutes in quick mode (one measurement, its Triton's reload included, takes
+    it (`search`): 2 minutes in quick mode (one measurement, its Triton's reload included, takes
     well under one), 15 in a full run. Model Analyzer 1.46's quick search can step back and
     forth between configurations it has already measured without ever ending (its own code:
     "TODO: TMA-871: handle back-off (and its termination) better"), as it did here once a
     neighbour broke the p95 budget."""
     quick = settings.quick_mode() if quick is None else quick
-    return 240 if quick else 900
+    return 120 if quick else 900
 
 
 #: Inside the GPU node's Triton image (Dockerfile.triton): Model Analyzer's virtual environment,
