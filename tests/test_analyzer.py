@@ -342,3 +342,22 @@ def test_a_search_that_stops_measuring_is_stopped_and_read_from_its_checkpoint(
     assert len(found.points) == 6 and found.points["runtime"].eq("torch").all()
     best = analyzer.best_within(found.points, analyzer.P95_BUDGET_MS)
     assert best["config name"] == "food_classifier_config_1"
+
+
+def test_a_slow_search_gets_a_stall_limit_in_proportion_to_its_measurements():
+    """A model whose measurements come minutes apart is not stopped as stuck: the limit is the
+    quick mode's minute or STALL_FACTOR times the longest gap seen, whichever is longer."""
+
+    class Ended:  # a process that has exited: the guard's watch never interrupts it
+        def poll(self):
+            return 0
+
+    guard = analyzer._StallGuard(Ended(), launch=None, seconds=analyzer.stall_limit_s(quick=True))
+    guard.stop()
+    assert guard.limit() == 60
+    guard._last -= 5
+    guard.progress()  # measurements 5 s apart: the minute stands
+    assert guard.limit() == 60
+    guard._last -= 100
+    guard.progress()  # then 100 s apart
+    assert 400 <= guard.limit() < 401

@@ -133,13 +133,19 @@ def search_limit_s(quick: bool | None = None) -> int:
 
 def stall_limit_s(quick: bool | None = None) -> int:
     """Seconds Model Analyzer may run without starting a new measurement before the course stops
-    it (`search`): 2 minutes in quick mode (one measurement, its Triton's reload included, takes
-    well under one), 15 in a full run. Model Analyzer 1.46's quick search can step back and
-    forth between configurations it has already measured without ever ending (its own code:
-    "TODO: TMA-871: handle back-off (and its termination) better"), as it did here once a
-    neighbour broke the p95 budget."""
+    it (`search`), at the least: 1 minute in quick mode (one measurement, its Triton's reload
+    included, took 12 to 14 s here), 15 in a full run; a search whose measurements come slower
+    gets STALL_FACTOR times the longest gap it has shown (`_StallGuard`). Model Analyzer 1.46's
+    quick search can step back and forth between configurations it has already measured
+    without ever ending (its own code: "TODO: TMA-871: handle back-off (and its termination)
+    better"), as it did here once a neighbour broke the p95 budget, and in a run of `.ci/run` here
+    on 2026-12-07 (notebook 09: six measurements 12 to 14 s apart, then none)."""
     quick = settings.quick_mode() if quick is None else quick
-    return 120 if quick else 900
+    return 60 if quick else 900
+
+
+#: A search may go this many times its longest gap between two measurements without a new one.
+STALL_FACTOR = 4
 
 
 #: Inside the GPU node's Triton image (Dockerfile.triton): Model Analyzer's virtual environment,
@@ -382,10 +388,12 @@ def _progress_line(line: str) -> str | None:
 
 
 class _StallGuard:
-    """Interrupts Model Analyzer (`launch.interrupt`) when `seconds` pass without `progress()`
-    (a new measurement): see `stall_limit_s`; kills it if it is still there `grace` seconds
-    later (a SIGINT its parent ignores never reaches it: background jobs of a shell start so).
-    `fired` says whether it did."""
+    """Interrupts Model Analyzer (`launch.interrupt`) when `limit()` seconds pass without
+    `progress()` (a new measurement): `seconds` (see `stall_limit_s`) or STALL_FACTOR times the
+    longest gap between two measurements so far, whichever is longer, so a slow model is given
+    time in proportion; kills it if it is still there `grace` seconds later (a SIGINT its
+    parent ignores never reaches it: background jobs of a shell start so). `fired` says whether
+    it did."""
 
     grace = 30
 
@@ -393,18 +401,24 @@ class _StallGuard:
         self.proc, self.launch, self.seconds = proc, launch, seconds
         self.fired = False
         self._last = time.monotonic()
+        self._longest = 0.0
         self._done = threading.Event()
         threading.Thread(target=self._watch, daemon=True).start()
 
     def progress(self) -> None:
-        self._last = time.monotonic()
+        now = time.monotonic()
+        self._longest = max(self._longest, now - self._last)
+        self._last = now
+
+    def limit(self) -> float:
+        return max(self.seconds, STALL_FACTOR * self._longest)
 
     def stop(self) -> None:
         self._done.set()
 
     def _watch(self) -> None:
         while not self._done.wait(1):
-            if self.proc.poll() is None and time.monotonic() - self._last > self.seconds:
+            if self.proc.poll() is None and time.monotonic() - self._last > self.limit():
                 self.fired = True
                 self.launch.interrupt(self.proc)
                 if self._done.wait(self.grace) or self.proc.poll() is not None:
@@ -484,7 +498,7 @@ def search(opts: SearchSettings | None = None, model: str = "food_classifier",
         if stalled.fired:
             frame = read_checkpoint(work / "export", runtime, opts.p95_budget_ms)
             log.info(f"Model Analyzer ({runtime}) made no new measurement in "
-                     f"{stalled.seconds} s: its quick search was stepping between "
+                     f"{stalled.limit():.0f} s: its quick search was stepping between "
                      f"configurations it had measured (Model Analyzer 1.46: TMA-871), so it was "
                      f"stopped; its {len(frame)} measurements are read from its checkpoint.")
         elif code != 0:
