@@ -5,6 +5,7 @@ Its real search runs in notebook 09 (tests/test_notebooks.py)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 
@@ -342,6 +343,46 @@ def test_a_search_that_stops_measuring_is_stopped_and_read_from_its_checkpoint(
     assert len(found.points) == 6 and found.points["runtime"].eq("torch").all()
     best = analyzer.best_within(found.points, analyzer.P95_BUDGET_MS)
     assert best["config name"] == "food_classifier_config_1"
+
+
+LOOPING_ANALYZER = """#!/bin/sh
+# Model Analyzer's quick search in its back-off loop (TMA-871) as it shows itself: one
+# measurement, then "No changes made" over and over; SIGINT makes it exit 1
+export=$(sed -n 's/^export_path: //p' "$3")
+mkdir -p "$export/checkpoints"
+cp "$SAVED_CHECKPOINT" "$export/checkpoints/0.ckpt"
+echo "[Model Analyzer] Profiling food_classifier_config_0: concurrency=2"
+echo "[Model Analyzer] No changes made to analyzer data, no checkpoint saved."
+echo "[Model Analyzer] Creating model config: food_classifier_config_1"
+trap 'echo "Received SIGINT 1/3"; exit 1' INT
+while :; do
+  echo "[Model Analyzer] Existing measurement found for run config. Skipping profile"
+  echo "[Model Analyzer] No changes made to analyzer data, no checkpoint saved."
+  sleep 0.01
+done
+"""
+
+
+def test_a_search_in_its_back_off_loop_is_stopped_at_once_and_printed_once(
+        tmp_path, monkeypatch, capsys):
+    """The loop is recognised by its repeated line, without waiting out the stall limit (a
+    minute in quick mode), and the notebook shows the line once with a count, not thousands of
+    times."""
+    fake = tmp_path / "model-analyzer"
+    fake.write_text(LOOPING_ANALYZER)
+    fake.chmod(0o755)
+    monkeypatch.setenv("TRITONLAB_MODEL_ANALYZER", str(fake))
+    monkeypatch.setenv("SAVED_CHECKPOINT", str(SAVED / "0.ckpt"))
+    monkeypatch.delenv("TRITONLAB_MODE", raising=False)
+    monkeypatch.setattr(analyzer, "stall_limit_s", lambda: 600)
+    opts = analyzer.SearchSettings.for_course(runtimes=["torch"])
+    began = time.monotonic()
+    found = analyzer.search(opts, folder=tmp_path / "ma", progress=True)
+    assert time.monotonic() - began < 30
+    assert len(found.points) == 6
+    out = capsys.readouterr().out
+    assert out.count("torch: No changes made") == 2  # after the measurement, then the loop
+    assert re.search(r"\(the line above \d+ more times\)", out)
 
 
 def test_a_slow_search_gets_a_stall_limit_in_proportion_to_its_measurements():

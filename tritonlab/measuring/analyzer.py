@@ -134,18 +134,24 @@ def search_limit_s(quick: bool | None = None) -> int:
 def stall_limit_s(quick: bool | None = None) -> int:
     """Seconds Model Analyzer may run without starting a new measurement before the course stops
     it (`search`), at the least: 1 minute in quick mode (one measurement, its Triton's reload
-    included, took 12 to 14 s here), 15 in a full run; a search whose measurements come slower
+    included, took 12 to 27 s here), 15 in a full run; a search whose measurements come slower
     gets STALL_FACTOR times the longest gap it has shown (`_StallGuard`). Model Analyzer 1.46's
     quick search can step back and forth between configurations it has already measured
     without ever ending (its own code: "TODO: TMA-871: handle back-off (and its termination)
     better"), as it did here once a neighbour broke the p95 budget, and in a run of `.ci/run` here
-    on 2026-12-07 (notebook 09: six measurements 12 to 14 s apart, then none)."""
+    on 2026-12-07 (notebook 09: six measurements 12 to 14 s apart, then none). When it does so
+    printing its "No changes made" line over and over, it is stopped at once (LOOP_REPEATS)."""
     quick = settings.quick_mode() if quick is None else quick
     return 60 if quick else 900
 
 
 #: A search may go this many times its longest gap between two measurements without a new one.
 STALL_FACTOR = 4
+#: Model Analyzer's back-off loop (TMA-871) shows itself at once: "No changes made to analyzer
+#: data" printed over and over (13,584 times in 70 s here, each after "Existing measurement
+#: found for run config. Skipping profile") with no new configuration or measurement between.
+#: A search that works prints it once or twice after a measurement that did not improve.
+LOOP_REPEATS = 20
 
 
 #: Inside the GPU node's Triton image (Dockerfile.triton): Model Analyzer's virtual environment,
@@ -391,17 +397,19 @@ class _StallGuard:
     """Interrupts Model Analyzer (`launch.interrupt`) when `limit()` seconds pass without
     `progress()` (a new measurement): `seconds` (see `stall_limit_s`) or STALL_FACTOR times the
     longest gap between two measurements so far, whichever is longer, so a slow model is given
-    time in proportion; kills it if it is still there `grace` seconds later (a SIGINT its
-    parent ignores never reaches it: background jobs of a shell start so). `fired` says whether
-    it did."""
+    time in proportion; or at once when `line` has seen its back-off loop (LOOP_REPEATS "No
+    changes made" lines in a row). Kills it if it is still there `grace` seconds later (a SIGINT
+    its parent ignores never reaches it: background jobs of a shell start so). `fired` says
+    whether it did, `looping` whether the loop was seen."""
 
     grace = 30
 
     def __init__(self, proc: subprocess.Popen, launch: Launch, seconds: int) -> None:
         self.proc, self.launch, self.seconds = proc, launch, seconds
-        self.fired = False
+        self.fired = self.looping = False
         self._last = time.monotonic()
         self._longest = 0.0
+        self._unchanged = 0  # "No changes made" lines since Model Analyzer last did something
         self._done = threading.Event()
         threading.Thread(target=self._watch, daemon=True).start()
 
@@ -409,6 +417,16 @@ class _StallGuard:
         now = time.monotonic()
         self._longest = max(self._longest, now - self._last)
         self._last = now
+
+    def line(self, text: str) -> None:
+        """One line of Model Analyzer's output."""
+        if "Profiling " in text:  # a new measurement starts
+            self.progress()
+        if "Profiling " in text or "Creating model config" in text:
+            self._unchanged = 0
+        elif "No changes made" in text:  # in the loop it alternates with "Existing measurement
+            self._unchanged += 1         # found for run config. Skipping profile"
+            self.looping = self.looping or self._unchanged >= LOOP_REPEATS
 
     def limit(self) -> float:
         return max(self.seconds, STALL_FACTOR * self._longest)
@@ -418,7 +436,8 @@ class _StallGuard:
 
     def _watch(self) -> None:
         while not self._done.wait(1):
-            if self.proc.poll() is None and time.monotonic() - self._last > self.limit():
+            if self.proc.poll() is None and (
+                    self.looping or time.monotonic() - self._last > self.limit()):
                 self.fired = True
                 self.launch.interrupt(self.proc)
                 if self._done.wait(self.grace) or self.proc.poll() is not None:
@@ -483,22 +502,32 @@ def search(opts: SearchSettings | None = None, model: str = "food_classifier",
         start, lines = time.monotonic(), []
         stalled = _StallGuard(proc, launch, stall_limit_s())
         assert proc.stdout is not None
+        shown_before, repeats = None, 0
         try:
             for line in proc.stdout:
                 lines.append(line.rstrip())
-                if "Profiling " in line:  # a new measurement starts
-                    stalled.progress()
+                stalled.line(line)
                 shown = _progress_line(line)
-                if shown and progress:
-                    print(f"[{time.monotonic() - start:5.0f} s] {runtime}: {shown}", flush=True)
+                if not (shown and progress):
+                    continue
+                if shown == shown_before:  # its back-off loop repeats one line endlessly
+                    repeats += 1
+                    continue
+                if repeats:
+                    print(f"        (the line above {repeats} more times)", flush=True)
+                shown_before, repeats = shown, 0
+                print(f"[{time.monotonic() - start:5.0f} s] {runtime}: {shown}", flush=True)
             code = proc.wait()
         finally:
             watchdog.cancel()
             stalled.stop()
+        if repeats:
+            print(f"        (the line above {repeats} more times)", flush=True)
         if stalled.fired:
             frame = read_checkpoint(work / "export", runtime, opts.p95_budget_ms)
-            log.info(f"Model Analyzer ({runtime}) made no new measurement in "
-                     f"{stalled.limit():.0f} s: its quick search was stepping between "
+            why = (f"printed 'No changes made' {LOOP_REPEATS} times in a row" if stalled.looping
+                   else f"made no new measurement in {stalled.limit():.0f} s")
+            log.info(f"Model Analyzer ({runtime}) {why}: its quick search was stepping between "
                      f"configurations it had measured (Model Analyzer 1.46: TMA-871), so it was "
                      f"stopped; its {len(frame)} measurements are read from its checkpoint.")
         elif code != 0:
