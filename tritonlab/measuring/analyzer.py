@@ -400,21 +400,23 @@ class _StallGuard:
     time in proportion; or at once when `line` has seen its back-off loop (LOOP_REPEATS "No
     changes made" lines in a row). Kills it if it is still there `grace` seconds later (a SIGINT
     its parent ignores never reaches it: background jobs of a shell start so). `fired` says
-    whether it did, `looping` whether the loop was seen."""
+    whether it did, `looping` whether the loop was seen. `clock` gives seconds (a test's own
+    clock in place of time.monotonic)."""
 
     grace = 30
 
-    def __init__(self, proc: subprocess.Popen, launch: Launch, seconds: int) -> None:
-        self.proc, self.launch, self.seconds = proc, launch, seconds
+    def __init__(self, proc: subprocess.Popen, launch: Launch, seconds: int,
+                 clock=time.monotonic) -> None:
+        self.proc, self.launch, self.seconds, self.clock = proc, launch, seconds, clock
         self.fired = self.looping = False
-        self._last = time.monotonic()
+        self._last = clock()
         self._longest = 0.0
         self._unchanged = 0  # "No changes made" lines since Model Analyzer last did something
         self._done = threading.Event()
         threading.Thread(target=self._watch, daemon=True).start()
 
     def progress(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self._longest = max(self._longest, now - self._last)
         self._last = now
 
@@ -437,7 +439,7 @@ class _StallGuard:
     def _watch(self) -> None:
         while not self._done.wait(1):
             if self.proc.poll() is None and (
-                    self.looping or time.monotonic() - self._last > self.limit()):
+                    self.looping or self.clock() - self._last > self.limit()):
                 self.fired = True
                 self.launch.interrupt(self.proc)
                 if self._done.wait(self.grace) or self.proc.poll() is not None:
