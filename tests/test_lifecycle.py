@@ -11,13 +11,15 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 import requests
 from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2 as mc
 
-from tritonlab.serving import ModelLoadError, PortInUseError, configs
+from tritonlab.serving import ModelLoadError, PortInUseError, ServerNotReady, configs
 from tritonlab.serving.embedded import EmbeddedTriton
 from tritonlab.serving.server import GPU_NOISE
 from tritonlab.settings import TritonAddress
@@ -238,3 +240,32 @@ def test_serve_a_named_variant_and_refuse_an_unknown_one(tmp_path, triton, image
         assert "onnxruntime on cpu" in triton.logs(200, model="food_classifier")
     finally:
         deploy.restore_baseline(triton)
+
+
+@pytest.mark.parametrize("talks", [True, False])
+def test_a_slow_start_is_waited_for_while_triton_s_log_grows(tmp_path, talks):
+    """The readiness wait's timeout counts the time with nothing new in Triton's log: a model
+    that takes 8 s to load and says so each second is waited for with a 3 s timeout; one that
+    loads in silence is given up after 3 s quiet, and the error says so."""
+    import shutil
+
+    repo = tmp_path / "model_repository"
+    shutil.copytree(Path(__file__).parent / "models" / "slow_model", repo / "slow_model",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    cfg = mc.ModelConfig(name="slow_model", backend="python", max_batch_size=8)
+    cfg.input.add(name="INPUT_IMAGE", data_type=mc.TYPE_STRING, dims=[1])
+    cfg.output.add(name="DONE", data_type=mc.TYPE_FP32, dims=[1])
+    configs.add_instance_groups(cfg, [{"count": 1, "kind": "KIND_CPU"}])
+    cfg.parameters["load_seconds"].string_value = "8"
+    cfg.parameters["load_talks"].string_value = "1" if talks else "0"
+    configs.write_config(cfg, repo)
+    server = EmbeddedTriton(repo, address=TritonAddress.free(), state_dir=tmp_path / "state")
+    try:
+        if talks:
+            assert server.start(["slow_model"], timeout=3) >= 8
+            assert "[slow_model] loading: 8 s" in server.log_text()
+        else:
+            with pytest.raises(ServerNotReady, match="nothing new in its log for 3 s"):
+                server.start(["slow_model"], timeout=3)
+    finally:
+        server.stop()

@@ -39,6 +39,11 @@ class PortInUseError(ServerError):
     """A port Triton needs is held by another process."""
 
 
+#: The longest a start or a model load may take in all, however steadily Triton's log grows
+#: (`TritonServer.wait_ready`); a start with BLIP on a busy 2-core machine took over 120 s here.
+READY_LIMIT_S = 900
+
+
 class ServerNotReady(ServerError):
     """Triton exited or did not become ready in time."""
 
@@ -207,15 +212,40 @@ class TritonServer(TritonQueries, ABC):
 
     def wait_ready(self, models: Iterable[str] = ("*",), timeout: float = 120.0) -> None:
         """Block until Triton answers and every model in `models` is READY, or raise saying why:
-        ServerNotReady (the server exited, or the time ran out) or ModelLoadError."""
+        ServerNotReady (the server exited; or `timeout` seconds passed with no new line in
+        Triton's log, or READY_LIMIT_S in all) or ModelLoadError.
+
+        A slow machine gets the time its models take while Triton's log keeps growing: on 2
+        cores shared with a second test process and an image build, a start with BLIP took
+        over 120 s here, its models loading all along."""
         wanted = set(models)
+        began = time.monotonic()
+        log = {"size": -1, "grew": began, "read": 0.0}
+
+        def ready_or_quiet() -> bool:
+            if self._ready_or_why(wanted):
+                return True
+            now = time.monotonic()
+            if now - log["read"] >= 2:  # the log, every 2 s (in Docker mode: `docker logs`)
+                log["read"] = now
+                size = len(self.log_text())
+                if size != log["size"]:
+                    log["size"], log["grew"] = size, now
+            if now - log["grew"] > timeout:
+                raise TimeoutError(f"nothing new in its log for {timeout:.0f} s")
+            return False
+
         try:
-            poll_until(lambda: self._ready_or_why(wanted), timeout, 0.25, "Triton ready")
-        except TimeoutError:
+            poll_until(ready_or_quiet, READY_LIMIT_S, 0.25, "Triton ready")
+        except TimeoutError as exc:
+            why = (str(exc) if "nothing new" in str(exc)
+                   else f"still loading after {READY_LIMIT_S} s")
             raise ServerNotReady(
-                f"Triton did not become ready in {timeout:.0f} s.\n"
+                f"Triton did not become ready: {why} "
+                f"({time.monotonic() - began:.0f} s after the wait began).\n"
                 f"Last log lines:\n{self.logs(25)}\n"
-                "Check the lines above; a slow first start may need a longer timeout.") from None
+                "Check the lines above: a model that loads without end names itself there.") \
+                from None
 
     # --- model control -------------------------------------------------------------------------
     def reload_model(self, name: str, config=None, timeout: float = 120.0) -> float:
@@ -233,7 +263,7 @@ class TritonServer(TritonQueries, ABC):
             config = read_config(on_disk)
         if config is not None and not isinstance(config, str):
             config = to_json(config)
-        client = self.client(timeout)
+        client = self.client(READY_LIMIT_S)  # Triton answers once the model has loaded
         began = time.monotonic()
         try:
             client.load_model(name, headers=self.api_headers or None, config=config)

@@ -16,6 +16,13 @@ class TritonPythonModel:
     def initialize(self, args):
         params = json.loads(args["model_config"]).get("parameters", {})
         self.seconds = float(params.get("seconds", {}).get("string_value", "1"))
+        # a slow load: `load_seconds` of sleep, with a line in Triton's log each second when
+        # `load_talks` is "1" (as a model does that reports its progress), else in silence
+        talks = params.get("load_talks", {}).get("string_value", "0") == "1"
+        for second in range(int(params.get("load_seconds", {}).get("string_value", "0"))):
+            time.sleep(1)
+            if talks:
+                print(f"[slow_model] loading: {second + 1} s", flush=True)
 
     def execute(self, requests):
         time.sleep(self.seconds)
