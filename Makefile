@@ -85,26 +85,9 @@ lab: install  ## run every notebook headless (quick mode) on the embedded Triton
 lab-full: install  ## the same with full measurement windows
 	$(BIN)/python -m tritonlab lab --full
 
-# The notebooks run in order in one pytest process (their lines start "[notebooks]") while
-# the other tests run in a second: one after the other they took 46 minutes on 2 cores, which
-# they left idle about half the time (perf_analyzer's windows, servers starting). Measurements
-# adapt to a slower machine, and the tests assume no speed. TEST_JOBS=1 runs them in one
-# process; PYTEST_ARGS go to both (a half with no test selected is not a failure).
-TEST_JOBS ?= 2
-test: SHELL := /bin/bash
 test: venvs  ## run the tests (stand-in weights if none are present; only tests marked network ask PyPI)
 	$(BIN)/python -m tritonlab prepare --source stand-in
-ifeq ($(TEST_JOBS),1)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
-else
-	@set -o pipefail; \
-	( $(BIN)/python -m pytest -m notebook $(PYTEST_ARGS) 2>&1 | sed -u 's/^/[notebooks] /' ) & \
-	notebooks=$$!; \
-	$(BIN)/python -m pytest -m "not notebook" $(PYTEST_ARGS); others=$$?; \
-	wait $$notebooks; course=$$?; \
-	echo "make test: the notebooks' pytest exited $$course, the other tests' $$others (5: none selected)"; \
-	[ $$others$$course != 55 ] && [[ $$others == [05] ]] && [[ $$course == [05] ]]
-endif
 
 test-fast: $(STAMP)  ## the tests that need no Triton server (seconds, not minutes)
 	$(BIN)/python -m pytest -m "not server and not notebook and not slow and not network" $(PYTEST_ARGS)

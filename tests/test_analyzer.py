@@ -326,15 +326,21 @@ while :; do sleep 0.2; done
 """
 
 
-def test_a_search_that_stops_measuring_is_stopped_and_read_from_its_checkpoint(
-        tmp_path, monkeypatch):
+def use_fake_analyzer(script: str, tmp_path, monkeypatch, stall_limit_s: int) -> None:
+    """`script` as the model-analyzer command, here (not in Docker), with the saved checkpoint
+    for it to copy and `stall_limit_s` for the guard."""
     fake = tmp_path / "model-analyzer"
-    fake.write_text(STALLING_ANALYZER)
+    fake.write_text(script)
     fake.chmod(0o755)
     monkeypatch.setenv("TRITONLAB_MODEL_ANALYZER", str(fake))
     monkeypatch.setenv("SAVED_CHECKPOINT", str(SAVED / "0.ckpt"))
     monkeypatch.delenv("TRITONLAB_MODE", raising=False)
-    monkeypatch.setattr(analyzer, "stall_limit_s", lambda: 2)
+    monkeypatch.setattr(analyzer, "stall_limit_s", lambda: stall_limit_s)
+
+
+def test_a_search_that_stops_measuring_is_stopped_and_read_from_its_checkpoint(
+        tmp_path, monkeypatch):
+    use_fake_analyzer(STALLING_ANALYZER, tmp_path, monkeypatch, stall_limit_s=2)
     monkeypatch.setattr(analyzer._StallGuard, "grace", 3)
     opts = analyzer.SearchSettings.for_course(runtimes=["torch"])
     began = time.monotonic()
@@ -368,13 +374,7 @@ def test_a_search_in_its_back_off_loop_is_stopped_at_once_and_printed_once(
     """The loop is recognised by its repeated line, without waiting out the stall limit (a
     minute in quick mode), and the notebook shows the line once with a count, not thousands of
     times."""
-    fake = tmp_path / "model-analyzer"
-    fake.write_text(LOOPING_ANALYZER)
-    fake.chmod(0o755)
-    monkeypatch.setenv("TRITONLAB_MODEL_ANALYZER", str(fake))
-    monkeypatch.setenv("SAVED_CHECKPOINT", str(SAVED / "0.ckpt"))
-    monkeypatch.delenv("TRITONLAB_MODE", raising=False)
-    monkeypatch.setattr(analyzer, "stall_limit_s", lambda: 600)
+    use_fake_analyzer(LOOPING_ANALYZER, tmp_path, monkeypatch, stall_limit_s=600)
     opts = analyzer.SearchSettings.for_course(runtimes=["torch"])
     began = time.monotonic()
     found = analyzer.search(opts, folder=tmp_path / "ma", progress=True)
