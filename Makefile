@@ -36,15 +36,22 @@ system-deps:  ## apt packages perf_analyzer and nginx need (uses sudo when not r
 	echo "stopping the system nginx the package started on port 80 (the course runs its own)"; \
 	$(SUDO) systemctl disable --now nginx; fi; fi
 
-# --no-compile: pip would byte-compile all ~20,000 .py files (72 s here); Python compiles
-# the few thousand the course imports on first use instead, and keeps them.
+# uv (a pinned wheel from PyPI, put into each environment by the pip `venv` gives it) installs
+# the pinned packages: the course's environment took 49 s with it here, against 203 s with pip
+# (same pins from a cold cache; pip alone used 166 s of CPU). Like pip --no-compile, it leaves
+# the ~20,000 .py files uncompiled: Python compiles the few thousand the course imports on
+# first use instead, and keeps them.
+UV_VERSION := 0.13.10
+UV_INSTALL  = $(1)/pip install --quiet --progress-bar off uv==$(UV_VERSION) && \
+              $(1)/uv pip install --quiet --python $(1)/python
+
 ifeq ($(TRITONLAB_ENV),image)
 image-env:
 	@:
 else
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --progress-bar off --no-compile -e '.[dev]'
+	$(call UV_INSTALL,$(BIN)) -e '.[dev]'
 	@touch $@
 endif
 
@@ -54,7 +61,7 @@ ANALYZER_STAMP := $(ANALYZER_VENV)/.installed-stamp
 
 $(ANALYZER_STAMP): requirements/model-analyzer.txt
 	$(PYTHON) -m venv $(ANALYZER_VENV)
-	$(ANALYZER_VENV)/bin/pip install --quiet --progress-bar off --no-compile -r requirements/model-analyzer.txt
+	$(call UV_INSTALL,$(ANALYZER_VENV)/bin) -r requirements/model-analyzer.txt
 	@touch $@
 
 # Both environments at once: the course's takes minutes (torch), Model Analyzer's, built beside

@@ -80,6 +80,33 @@ def tritonservers_in(state_dir: Path) -> list[psutil.Process]:
     return found
 
 
+SLOW_MODEL = Path(__file__).parent / "models" / "slow_model"
+
+
+def add_slow_model(repo: Path, dynamic_batching: dict | None = None, **parameters: str) -> str:
+    """tests/models/slow_model copied into `repo` with its config.pbtxt: one CPU instance,
+    batches of up to 8, `parameters` as the model's string parameters (model.py reads
+    `seconds`, `load_seconds`, `load_talks`). Returns the model's name."""
+    import shutil
+
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from tritonlab.serving import configs
+
+    cfg = mc.ModelConfig(name="slow_model", backend="python", max_batch_size=8)
+    cfg.input.add(name="INPUT_IMAGE", data_type=mc.TYPE_STRING, dims=[1])
+    cfg.output.add(name="DONE", data_type=mc.TYPE_FP32, dims=[1])
+    configs.add_instance_groups(cfg, [{"count": 1, "kind": "KIND_CPU"}])
+    for key, value in parameters.items():
+        cfg.parameters[key].string_value = value
+    if dynamic_batching is not None:
+        configs.set_dynamic_batching(cfg, dynamic_batching)
+    shutil.copytree(SLOW_MODEL, repo / cfg.name, ignore=shutil.ignore_patterns("__pycache__"),
+                    dirs_exist_ok=True)
+    configs.write_config(cfg, repo)
+    return cfg.name
+
+
 @pytest.fixture(scope="session")
 def weights_ready() -> dict:
     """Weights beside the served models: kept if present, else stand-ins (never the network)."""

@@ -139,3 +139,26 @@ def test_explain_batching_calls_each_part_from_its_ratio_and_not_on_a_handful():
     few = captioning.explain_batching(_timed(1, 2, 0.6, 0.9), _timed(8, 8, 0.6, 0.3))
     assert few.endswith("(3.0x): 2 and 8 images timed, too few to call")
     assert "cheaper" not in few
+
+
+def test_in_process_keeps_its_worker_and_starts_afresh_once_it_died(repository):
+    """Measurements of one variant share one worker process (its captioner loaded once), each at
+    its own thread count; a worker that died is replaced on the next call; `stop_workers` ends
+    them. On the tiny stand-in: the mechanics, not the timings."""
+    from tritonlab.measuring import captioning
+
+    try:
+        first = captioning.in_process("fastest", batch=2, repository=repository)
+        [(proc, _, _)] = captioning._WORKERS.values()
+        second = captioning.in_process("fastest", batch=1, threads=1, repository=repository)
+        assert [w[0] for w in captioning._WORKERS.values()] == [proc] and proc.is_alive()
+        assert (first["images"], second["images"], second["threads"]) == (2, 1, 1)
+        assert len(first["captions"]) == 2 and second["captions"][0].startswith("a photo of")
+        proc.kill()
+        proc.join(10)
+        third = captioning.in_process("fastest", batch=1, repository=repository)
+        [(again, _, _)] = captioning._WORKERS.values()
+        assert again is not proc and third["captions"]
+    finally:
+        captioning.stop_workers()
+    assert not captioning._WORKERS and not again.is_alive()

@@ -181,3 +181,23 @@ def test_hand_written_config_text_is_parsed_as_triton_does_with_clear_errors(typ
     with pytest.raises(configs.ConfigError) as err:
         configs.parse(text.replace(*typo))
     assert str(err.value).startswith("config.pbtxt, line ") and says in str(err.value)
+
+
+def test_a_config_put_back_while_triton_is_stopped_is_written_and_loads_nothing(tmp_path, caplog):
+    """The notebooks stop Triton first and then put the baseline back: with no server running,
+    `deploy` writes the file (the next start reads it), reloads nothing and returns 0 s."""
+    from tritonlab.serving import deploy
+    from tritonlab.serving.embedded import EmbeddedTriton
+    from tritonlab.settings import TritonAddress
+
+    repo = repository.copy_repository(tmp_path / "model_repository")
+    server = EmbeddedTriton(repo, address=TritonAddress.free(), state_dir=tmp_path / "state")
+    two = configs.classifier_config(instances=2)
+    configs.write_config(two, repo)
+    assert not server.is_running()
+    with caplog.at_level("INFO", logger="tritonlab"):
+        assert deploy.restore_baseline(server) == 0.0
+    assert configs.read_config(repo / "food_classifier" / "config.pbtxt") == \
+        configs.course_configs()["food_classifier"]
+    assert "Triton is not running: 'food_classifier' is served with this file" in caplog.text
+    assert "ready after" not in caplog.text

@@ -11,20 +11,18 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 import requests
 from google.protobuf import json_format
-from tritonclient.grpc import model_config_pb2 as mc
 
 from tritonlab.serving import ModelLoadError, PortInUseError, ServerNotReady, configs
 from tritonlab.serving.embedded import EmbeddedTriton
 from tritonlab.serving.server import GPU_NOISE
 from tritonlab.settings import TritonAddress
 
-from .conftest import free_ports, make_repository, tritonservers_in
+from .conftest import add_slow_model, free_ports, make_repository, tritonservers_in
 
 pytestmark = pytest.mark.server
 
@@ -247,18 +245,8 @@ def test_a_slow_start_is_waited_for_while_triton_s_log_grows(tmp_path, talks):
     """The readiness wait's timeout counts the time with nothing new in Triton's log: a model
     that takes 8 s to load and says so each second is waited for with a 3 s timeout; one that
     loads in silence is given up after 3 s quiet, and the error says so."""
-    import shutil
-
     repo = tmp_path / "model_repository"
-    shutil.copytree(Path(__file__).parent / "models" / "slow_model", repo / "slow_model",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    cfg = mc.ModelConfig(name="slow_model", backend="python", max_batch_size=8)
-    cfg.input.add(name="INPUT_IMAGE", data_type=mc.TYPE_STRING, dims=[1])
-    cfg.output.add(name="DONE", data_type=mc.TYPE_FP32, dims=[1])
-    configs.add_instance_groups(cfg, [{"count": 1, "kind": "KIND_CPU"}])
-    cfg.parameters["load_seconds"].string_value = "8"
-    cfg.parameters["load_talks"].string_value = "1" if talks else "0"
-    configs.write_config(cfg, repo)
+    add_slow_model(repo, load_seconds="8", load_talks="1" if talks else "0")
     server = EmbeddedTriton(repo, address=TritonAddress.free(), state_dir=tmp_path / "state")
     try:
         if talks:

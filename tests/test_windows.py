@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
@@ -13,23 +12,16 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonlab.measuring import perf, results
 from tritonlab.serving import configs
 
-pytestmark = pytest.mark.server
+from .conftest import add_slow_model
 
-SLOW_MODEL = Path(__file__).parent / "models" / "slow_model"
+pytestmark = pytest.mark.server
 
 
 @pytest.fixture(scope="module")
 def slow_model(triton):
     """tests/models/slow_model on the session's Triton: 0.5 s per execution, dynamic batching."""
-    cfg = mc.ModelConfig(name="slow_model", backend="python", max_batch_size=8)
-    cfg.input.add(name="INPUT_IMAGE", data_type=mc.TYPE_STRING, dims=[1])
-    cfg.output.add(name="DONE", data_type=mc.TYPE_FP32, dims=[1])
-    configs.add_instance_groups(cfg, [{"count": 1, "kind": "KIND_CPU"}])
-    cfg.parameters["seconds"].string_value = "0.5"
-    configs.set_dynamic_batching(cfg, {"max_queue_delay_microseconds": 100_000})
-    shutil.copytree(SLOW_MODEL, triton.model_repository / "slow_model",
-                    ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-    configs.write_config(cfg, triton.model_repository)
+    add_slow_model(triton.model_repository, {"max_queue_delay_microseconds": 100_000},
+                   seconds="0.5")
     triton.reload_model("slow_model")
     yield "slow_model"
     triton.unload_model("slow_model")

@@ -152,6 +152,9 @@ STALL_FACTOR = 4
 #: found for run config. Skipping profile") with no new configuration or measurement between.
 #: A search that works prints it once or twice after a measurement that did not improve.
 LOOP_REPEATS = 20
+#: What Model Analyzer's log lines begin (one measurement, one configuration) or say (the search
+#: moved nowhere); the stall guard reads them, and they are among the lines shown while it runs.
+MEASUREMENT, NEW_CONFIG, UNCHANGED = "Profiling ", "Creating model config", "No changes made"
 
 
 #: Inside the GPU node's Triton image (Dockerfile.triton): Model Analyzer's virtual environment,
@@ -386,11 +389,33 @@ def read_checkpoint(folder: Path, runtime: str, budget_ms: float) -> pd.DataFram
 
 def _progress_line(line: str) -> str | None:
     """The part of a Model Analyzer log line worth showing while it runs (None: not shown)."""
-    for key in ("Profiling ", "Creating model config", "No changes made", "Done with quick",
-                "Done gathering", "Exported", "ERROR", "WARNING"):
+    for key in (MEASUREMENT, NEW_CONFIG, UNCHANGED, "Done with quick", "Done gathering",
+                "Exported", "ERROR", "WARNING"):
         if key in line:
             return line.split("] ", 1)[-1].strip() if "] " in line else line.strip()
     return None
+
+
+class _Shown:
+    """Prints the progress lines; a line repeated (its back-off loop repeats one endlessly) is
+    printed once, then how many more times it came."""
+
+    def __init__(self, runtime: str) -> None:
+        self.runtime, self.start = runtime, time.monotonic()
+        self.last, self.repeats = None, 0
+
+    def line(self, shown: str) -> None:
+        if shown == self.last:
+            self.repeats += 1
+            return
+        self.end_repeats()
+        self.last = shown
+        print(f"[{time.monotonic() - self.start:5.0f} s] {self.runtime}: {shown}", flush=True)
+
+    def end_repeats(self) -> None:
+        if self.repeats:
+            print(f"        (the line above {self.repeats} more times)", flush=True)
+        self.repeats = 0
 
 
 class _StallGuard:
@@ -422,11 +447,11 @@ class _StallGuard:
 
     def line(self, text: str) -> None:
         """One line of Model Analyzer's output."""
-        if "Profiling " in text:  # a new measurement starts
+        if MEASUREMENT in text:
             self.progress()
-        if "Profiling " in text or "Creating model config" in text:
+        if MEASUREMENT in text or NEW_CONFIG in text:
             self._unchanged = 0
-        elif "No changes made" in text:  # in the loop it alternates with "Existing measurement
+        elif UNCHANGED in text:  # in the loop it alternates with "Existing measurement
             self._unchanged += 1         # found for run config. Skipping profile"
             self.looping = self.looping or self._unchanged >= LOOP_REPEATS
 
@@ -504,27 +529,18 @@ def search(opts: SearchSettings | None = None, model: str = "food_classifier",
         start, lines = time.monotonic(), []
         stalled = _StallGuard(proc, launch, stall_limit_s())
         assert proc.stdout is not None
-        shown_before, repeats = None, 0
+        shown = _Shown(runtime)
         try:
             for line in proc.stdout:
                 lines.append(line.rstrip())
                 stalled.line(line)
-                shown = _progress_line(line)
-                if not (shown and progress):
-                    continue
-                if shown == shown_before:  # its back-off loop repeats one line endlessly
-                    repeats += 1
-                    continue
-                if repeats:
-                    print(f"        (the line above {repeats} more times)", flush=True)
-                shown_before, repeats = shown, 0
-                print(f"[{time.monotonic() - start:5.0f} s] {runtime}: {shown}", flush=True)
+                if progress and (text := _progress_line(line)):
+                    shown.line(text)
             code = proc.wait()
         finally:
             watchdog.cancel()
             stalled.stop()
-        if repeats:
-            print(f"        (the line above {repeats} more times)", flush=True)
+        shown.end_repeats()
         if stalled.fired:
             frame = read_checkpoint(work / "export", runtime, opts.p95_budget_ms)
             why = (f"printed 'No changes made' {LOOP_REPEATS} times in a row" if stalled.looping

@@ -336,6 +336,7 @@ def captioning_figures(server, window_ms: int, repository: Path) -> dict:
     runs = {v: captioning.in_process(v, batch=8, batches=1 if v == "naive" else 2,
                                      repository=repository, flops=v == "fastest")
             for v in ("fastest", "naive", "fastest_bfloat16")}
+    captioning.stop_workers()
     reference = runs["naive"]["captions"]  # eager float32 generate(), one image at a time
     keys = ("images_per_s", "seconds_per_image", "threads", "gflop_per_image",
             "gemm_peak_gflops")

@@ -127,18 +127,15 @@ def count_flops(captioner, images: list, labels: list) -> dict[str, float]:
     return {part: round(total / len(images) / 1e9, 1) for part, total in parts.items()}
 
 
-def _worker(folder: str, variant: dict, threads: int, batch: int, batches: int, repeats: int,
-            flops: bool, out) -> None:
+def _measure(captioner, encoded: list, batch: int, batches: int, repeats: int,
+             flops: bool) -> dict:
+    """One `in_process` measurement in the worker: after one warm-up caption, as Triton's
+    model_warmup gives a served instance, `repeats` times `batches` batches of `batch` images."""
     import torch
 
-    code = blip.code(Path(folder).parent.parent)
-    keys = ("strategy", "vision_batch", "attention", "dtype", "max_new_tokens")
-    captioner = code.Captioner(folder, num_threads=threads,
-                               **{k: v for k, v in variant.items() if k in keys})
-    encoded = [p.read_bytes() for p in samples.sample_images()]
     images = [captioner.decode(encoded[i % len(encoded)]) for i in range(batch)]
     labels = [LABELS[i % len(LABELS)] for i in range(batch)]
-    captioner.caption(images[:1], labels[:1])  # warm-up, as Triton's model_warmup does
+    captioner.caption(images[:1], labels[:1])
     rates, timings = [], []
     for _ in range(repeats):
         began = time.perf_counter()
@@ -153,23 +150,74 @@ def _worker(folder: str, variant: dict, threads: int, batch: int, batches: int, 
         # encoder's 111.0 in both, here), and the counter's pass over a batch of 8 took 20 s
         counted = {"gflop_per_image": count_flops(captioner, images[:1], labels[:1]),
                    "gemm_peak_gflops": round(gemm_peak_gflops(), 1)}
-    out.put({"rates": rates, "timings": timings, "threads": torch.get_num_threads(),
-             "captions": captions, **counted})
+    return {"rates": rates, "timings": timings, "threads": torch.get_num_threads(),
+            "captions": captions, **counted}
+
+
+def _worker(folder: str, variant: dict, threads: int, jobs, out) -> None:
+    """The worker process: loads the captioner once, then measures each job from `jobs`
+    ((threads, batch, batches, repeats, flops); None ends it) and puts the result on `out`.
+    It ends by itself once the process that started it is gone (a kernel killed on restart
+    runs no clean-up)."""
+    import multiprocessing as mp
+    import queue
+
+    import torch
+
+    code = blip.code(Path(folder).parent.parent)
+    keys = ("strategy", "vision_batch", "attention", "dtype", "max_new_tokens")
+    captioner = code.Captioner(folder, num_threads=threads,
+                               **{k: v for k, v in variant.items() if k in keys})
+    encoded = [p.read_bytes() for p in samples.sample_images()]
+    parent = mp.parent_process()
+    while True:
+        try:
+            job = jobs.get(timeout=2)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return
+            continue
+        if job is None:
+            return
+        threads, *work = job
+        torch.set_num_threads(threads)
+        out.put(_measure(captioner, encoded, *work))
+
+
+#: The in-process workers, one per variant and weights folder: (process, jobs, results). Each
+#: is kept for the next `in_process` call of its variant, since starting one (importing torch,
+#: loading BLIP, its first caption) took 15-20 s here, and notebook 10 measures one variant
+#: four times. They end with the Python process that started them, or `stop_workers()`.
+_WORKERS: dict[tuple, tuple] = {}
+
+
+def stop_workers() -> None:
+    """End every in-process worker (each holds a captioner in memory: about 1 GB at full size)."""
+    while _WORKERS:
+        proc, jobs, _ = _WORKERS.popitem()[1]
+        jobs.put(None)
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
 
 
 def in_process(variant: str = "fastest", threads: int | None = None, batch: int = 8,
                batches: int = 1, repeats: int = 1, repository: Path | None = None,
                flops: bool = False) -> dict:
-    """The captioner's own code outside Triton, in a fresh process as a model instance is: one
-    variant of CAPTIONING_VARIANTS, `threads` threads (default: every core, as served),
-    `batches` batches of `batch` sample images with mixed labels, `repeats` times.
+    """The captioner's own code outside Triton, in a process of its own as a model instance
+    is: one variant of CAPTIONING_VARIANTS, `threads` threads (default: every core, as
+    served), `batches` batches of `batch` sample images with mixed labels, `repeats` times.
+    The process is kept for the next call of the same variant (`stop_workers` ends it);
+    each call starts with one warm-up caption at its own thread count.
 
     Returns images/s (median over the repeats, and each), the images timed, seconds per image
     in each part of the model (vision encoder and text decoder, or 'generate' for variants
     that run BLIP's generate() whole), the captions of the last batch, and with `flops`
     GFLOP per image in each part (`count_flops`, one more untimed caption of one image) and
     this process's float32 GEMM GFLOP/s (`gemm_peak_gflops`), both None without. Takes about
-    a second per image on 2 cores for the float32 variants, plus 5-10 s to load.
+    a second per image on 2 cores for the float32 variants, plus 15-20 s to start the
+    variant's process the first time. RuntimeError when the worker fails (its error is
+    printed); a failed or interrupted call ends the worker, and the next call starts afresh.
     """
     import multiprocessing as mp
 
@@ -179,17 +227,24 @@ def in_process(variant: str = "fastest", threads: int | None = None, batch: int 
     settings_.pop("dynamic_batching", None)
     folder = str(weights_folder(repository))
     threads = threads or devices.usable_cores()
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    proc = ctx.Process(target=_worker, daemon=True,
-                       args=(folder, settings_, threads, batch, batches, repeats, flops, out))
-    proc.start()
+    key = (folder, tuple(sorted(settings_.items())))
+    if key in _WORKERS and not _WORKERS[key][0].is_alive():
+        del _WORKERS[key]
+    if key not in _WORKERS:
+        ctx = mp.get_context("spawn")
+        jobs, out = ctx.Queue(), ctx.Queue()
+        proc = ctx.Process(target=_worker, daemon=True,
+                           args=(folder, settings_, threads, jobs, out))
+        proc.start()
+        _WORKERS[key] = (proc, jobs, out)
+    proc, jobs, out = _WORKERS[key]
+    jobs.put((threads, batch, batches, repeats, flops))
     try:
         result = processes.answer([proc], out)
-    finally:
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
+    except BaseException:  # failed, or interrupted mid-measurement: its state is unknown
+        del _WORKERS[key]
+        proc.kill()
+        raise
     images = batch * batches * repeats
     parts = {}
     for timing in result["timings"]:

@@ -19,6 +19,8 @@ def deploy(server, cfg: mc.ModelConfig, how: str = "reload", source: str = "a co
     `how` is 'reload' (explicit model control: only this model is reloaded) or 'restart' (the
     whole server, as after editing config.pbtxt by hand). A GPU config on a machine without
     the GPUs it names is written as is and loaded with CPU instances, with a note saying so.
+    A reload while Triton is stopped only writes the file (returns 0.0, and says so): Triton
+    reads it when it next starts, so putting a config back after `server.stop()` costs no load.
     """
     if how not in ("reload", "restart"):
         raise ValueError("how must be 'reload' or 'restart'")
@@ -37,7 +39,11 @@ def deploy(server, cfg: mc.ModelConfig, how: str = "reload", source: str = "a co
     # What this machine ran from the file before (a GPU config runs as its CPU copy here).
     unchanged_here = (before is not None
                       and configs.for_this_machine(before, gpu_count)[0] == runnable)
-    if how == "reload":
+    stopped = how == "reload" and not server.is_running()
+    if stopped:
+        log.info(f"Triton is not running: '{cfg.name}' is served with this file when it starts")
+        seconds = 0.0
+    elif how == "reload":
         seconds = server.reload_model(cfg.name, config=runnable)
         if unchanged_here and seconds < 0.5:  # Triton reloads only a config that changed
             log.info(f"'{cfg.name}': the same config as before on this machine, so Triton kept "
@@ -51,7 +57,8 @@ def deploy(server, cfg: mc.ModelConfig, how: str = "reload", source: str = "a co
         seconds += server.reload_model(cfg.name, config=runnable)
     else:
         seconds = server.restart(timeout=180)
-    log.info(f"'{cfg.name}' ready after {how}: {seconds:.1f} s")
+    if not stopped:
+        log.info(f"'{cfg.name}' ready after {how}: {seconds:.1f} s")
     for ensemble in configs.fitted_ensembles(server.model_repository, cfg.name):
         log.info(f"'{ensemble.name}' uses '{cfg.name}' as a step: its max_batch_size becomes "
                  f"{ensemble.max_batch_size} so that Triton keeps serving it")

@@ -19,7 +19,6 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from .. import settings
-from ..common import poll_until
 from ..settings import TritonAddress
 
 #: Lines Triton prints on every machine without a GPU; harmless, so `logs()` hides them.
@@ -215,37 +214,29 @@ class TritonServer(TritonQueries, ABC):
         ServerNotReady (the server exited; or `timeout` seconds passed with no new line in
         Triton's log, or READY_LIMIT_S in all) or ModelLoadError.
 
-        A slow machine gets the time its models take while Triton's log keeps growing: on 2
-        cores shared with a second test process and an image build, a start with BLIP took
-        over 120 s here, its models loading all along."""
+        A slow machine gets the time its models take while Triton's log keeps growing: here on
+        2 cores, under a test run beside it, a start with BLIP went on loading for over 120 s."""
         wanted = set(models)
         began = time.monotonic()
-        log = {"size": -1, "grew": began, "read": 0.0}
-
-        def ready_or_quiet() -> bool:
-            if self._ready_or_why(wanted):
-                return True
+        size, grew, read = -1, began, 0.0  # the log's length, when it last grew, last read
+        while not self._ready_or_why(wanted):
             now = time.monotonic()
-            if now - log["read"] >= 2:  # the log, every 2 s (in Docker mode: `docker logs`)
-                log["read"] = now
-                size = len(self.log_text())
-                if size != log["size"]:
-                    log["size"], log["grew"] = size, now
-            if now - log["grew"] > timeout:
-                raise TimeoutError(f"nothing new in its log for {timeout:.0f} s")
-            return False
-
-        try:
-            poll_until(ready_or_quiet, READY_LIMIT_S, 0.25, "Triton ready")
-        except TimeoutError as exc:
-            why = (str(exc) if "nothing new" in str(exc)
-                   else f"still loading after {READY_LIMIT_S} s")
+            if now - read >= 2:  # the log, every 2 s (in Docker mode: `docker logs`)
+                read = now
+                length = len(self.log_text())
+                if length != size:
+                    size, grew = length, now
+            if now - grew > timeout:
+                why = f"nothing new in its log for {timeout:.0f} s"
+            elif now - began > READY_LIMIT_S:
+                why = f"still loading after {READY_LIMIT_S} s"
+            else:
+                time.sleep(0.25)
+                continue
             raise ServerNotReady(
-                f"Triton did not become ready: {why} "
-                f"({time.monotonic() - began:.0f} s after the wait began).\n"
+                f"Triton did not become ready: {why} ({now - began:.0f} s after the wait began).\n"
                 f"Last log lines:\n{self.logs(25)}\n"
-                "Check the lines above: a model that loads without end names itself there.") \
-                from None
+                "Check the lines above: a model that loads without end names itself there.")
 
     # --- model control -------------------------------------------------------------------------
     def reload_model(self, name: str, config=None, timeout: float = 120.0) -> float:
