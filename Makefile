@@ -71,7 +71,7 @@ ifeq ($(TRITONLAB_ENV),image)
 	@echo "the image's own Python has the course installed (TRITONLAB_ENV=image): no virtual environment"
 else
 	@$(MAKE) -s --no-print-directory --question $(STAMP) $(ANALYZER_STAMP) || { \
-	echo "installing $(VENV) and $(ANALYZER_VENV) side by side (minutes on a fresh machine: torch is large) ..."; \
+	echo "installing $(VENV) and $(ANALYZER_VENV) side by side with uv (about a minute on a fresh machine here: torch is large) ..."; \
 	$(MAKE) --no-print-directory --jobs=2 --output-sync=target $(STAMP) $(ANALYZER_STAMP); }
 endif
 
