@@ -64,8 +64,8 @@ $(ANALYZER_STAMP): requirements/model-analyzer.txt
 	$(call UV_INSTALL,$(ANALYZER_VENV)/bin) -r requirements/model-analyzer.txt
 	@touch $@
 
-# Both environments at once: the course's takes minutes (torch), Model Analyzer's, built beside
-# it, then adds no time to a fresh set-up. Each one's lines are printed when it is done.
+# Both environments at once: Model Analyzer's, built beside the course's (the larger: torch),
+# adds no time to a fresh set-up. Each one's lines are printed when it is done.
 venvs:
 ifeq ($(TRITONLAB_ENV),image)
 	@echo "the image's own Python has the course installed (TRITONLAB_ENV=image): no virtual environment"
