@@ -280,14 +280,18 @@ def test_a_daemon_left_by_an_interrupted_check_is_stopped_by_the_next(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
     other = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    # a process whose command line names dockerd stands in for the daemon
-    daemon = subprocess.Popen(["python3", "-c", "import time; time.sleep(60)", "dockerd"],
-                              start_new_session=True)
+    # A program named dockerd stands in for the daemon: a copy of sleep, one exec and no more
+    # (a `python3` that is a pyenv shim execs three times). Until its exec is done, its
+    # /proc/PID/cmdline reads empty, so the test waits for it; a daemon an earlier check left
+    # has long been running.
+    stand_in = tmp_path / "dockerd"
+    shutil.copy(shutil.which("sleep"), stand_in)
+    daemon = subprocess.Popen([str(stand_in), "60"], start_new_session=True)
     cmdline = Path(f"/proc/{daemon.pid}/cmdline")
-    for _ in range(100):  # until it has exec'd: before that it is a copy of this process
-        if b"dockerd" in cmdline.read_bytes():
-            break
-        time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while not cmdline.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert other.poll() is None and daemon.poll() is None, "the stand-in processes did not start"
     try:
         (state / "dockerd.pid").write_text(f"{other.pid}\n")
         docker = engine.DockerEngine(state)

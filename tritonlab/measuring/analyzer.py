@@ -526,7 +526,7 @@ def search(opts: SearchSettings | None = None, model: str = "food_classifier",
         # stops it even when it prints nothing (in the container, `timeout` does it first)
         watchdog = threading.Timer(limit + 120, proc.kill)
         watchdog.start()
-        start, lines = time.monotonic(), []
+        began, lines = time.monotonic(), []
         stalled = _StallGuard(proc, launch, stall_limit_s())
         assert proc.stdout is not None
         shown = _Shown(runtime)
@@ -553,7 +553,7 @@ def search(opts: SearchSettings | None = None, model: str = "food_classifier",
             # -9: the watchdog here; 124: `timeout` in the Triton container
             late = f" (stopped after its limit of {limit} s)" if code in (-9, 124) else ""
             raise AnalyzerError(f"Model Analyzer ({runtime}) exited with {code}{late} after "
-                                f"{time.monotonic() - start:.0f} s; its last lines:\n{tail}\n"
+                                f"{time.monotonic() - began:.0f} s; its last lines:\n{tail}\n"
                                 f"Its Triton's log: {work / 'export' / 'tritonserver.log'}")
         else:
             frame = read_results(work / "export", runtime)

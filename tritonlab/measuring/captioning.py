@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 
 from ..assets import blip, samples
 from ..assets.repository import model_dir
@@ -191,14 +192,22 @@ def _worker(folder: str, variant: dict, threads: int, jobs, out) -> None:
 _WORKERS: dict[tuple, tuple] = {}
 
 
-def stop_workers() -> None:
-    """End every in-process worker (each holds a captioner in memory: about 1 GB at full size)."""
+def stop_workers() -> int:
+    """End every in-process worker. Returns the resident memory they held just before, in
+    bytes (psutil's RSS; 0 when none was running): each holds a captioner and torch."""
+    held = 0
     while _WORKERS:
         proc, jobs, _ = _WORKERS.popitem()[1]
+        try:
+            held += psutil.Process(proc.pid).memory_info().rss
+        except psutil.Error:  # ended already
+            pass
         jobs.put(None)
         proc.join(10)
         if proc.is_alive():
             proc.kill()
+            proc.join(10)
+    return held
 
 
 def in_process(variant: str = "fastest", threads: int | None = None, batch: int = 8,
@@ -210,9 +219,10 @@ def in_process(variant: str = "fastest", threads: int | None = None, batch: int 
     The process is kept for the next call of the same variant (`stop_workers` ends it);
     each call starts with one warm-up caption at its own thread count.
 
-    Returns images/s (median over the repeats, and each), the images timed, seconds per image
-    in each part of the model (vision encoder and text decoder, or 'generate' for variants
-    that run BLIP's generate() whole), the captions of the last batch, and with `flops`
+    Returns the worker's process id, images/s (median over the repeats, and each), the images
+    timed, seconds per image in each part of the model (vision encoder and text decoder, or
+    'generate' for variants that run BLIP's generate() whole), the captions of the last
+    batch, and with `flops`
     GFLOP per image in each part (`count_flops`, one more untimed caption of one image) and
     this process's float32 GEMM GFLOP/s (`gemm_peak_gflops`), both None without. Takes about
     a second per image on 2 cores for the float32 variants, plus 15-20 s to start the
@@ -250,7 +260,8 @@ def in_process(variant: str = "fastest", threads: int | None = None, batch: int 
     for timing in result["timings"]:
         for part, seconds in timing.items():
             parts[part] = parts.get(part, 0.0) + seconds
-    return {"variant": variant, "threads": result["threads"], "batch": batch, "images": images,
+    return {"variant": variant, "worker": proc.pid, "threads": result["threads"],
+            "batch": batch, "images": images,
             "images_per_s": statistics.median(result["rates"]),
             "all": [round(r, 3) for r in result["rates"]],
             "seconds_per_image": {k: round(v / images, 3) for k, v in parts.items()},

@@ -135,7 +135,8 @@ class DockerEngine:
         except (OSError, ValueError):
             pid_file.unlink(missing_ok=True)
             return
-        if b"dockerd" in cmdline:
+        # the daemon itself, or the sudo that started it (`sudo /usr/sbin/dockerd ...`)
+        if any(Path(os.fsdecode(arg)).name == "dockerd" for arg in cmdline.split(b"\0")[:2]):
             print(f"using the dockerd (pid {pid}) an earlier, interrupted check started; it is "
                   "stopped at the end", flush=True)
             self.started_pid = pid

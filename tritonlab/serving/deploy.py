@@ -36,15 +36,15 @@ def deploy(server, cfg: mc.ModelConfig, how: str = "reload", source: str = "a co
     runnable, note = configs.for_this_machine(cfg, gpu_count)
     if note:
         log.info(note)
-    # What this machine ran from the file before (a GPU config runs as its CPU copy here).
-    unchanged_here = (before is not None
-                      and configs.for_this_machine(before, gpu_count)[0] == runnable)
     stopped = how == "reload" and not server.is_running()
     if stopped:
         log.info(f"Triton is not running: '{cfg.name}' is served with this file when it starts")
         seconds = 0.0
     elif how == "reload":
         seconds = server.reload_model(cfg.name, config=runnable)
+        # What this machine ran from the file before (a GPU config runs as its CPU copy here).
+        unchanged_here = (before is not None
+                          and configs.for_this_machine(before, gpu_count)[0] == runnable)
         if unchanged_here and seconds < 0.5:  # Triton reloads only a config that changed
             log.info(f"'{cfg.name}': the same config as before on this machine, so Triton kept "
                      f"the model it serves (answered in {seconds:.1f} s, nothing reloaded)")
