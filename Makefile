@@ -83,7 +83,7 @@ assets: $(STAMP)  ## sample images, perf_analyzer inputs, Food-11 weights (or a 
 weights: $(STAMP)  ## fetch the Food-11 weights again (FOOD11_WEIGHTS=url|file|stand-in)
 	$(BIN)/python -m tritonlab weights
 
-configs: $(STAMP)  ## regenerate every config.pbtxt, warm-up file and shared model-code copy
+configs: $(STAMP)  ## regenerate every config.pbtxt, warm-up file and shared model-code copy; move out model folders that are not the course's
 	$(BIN)/python -m tritonlab configs
 
 lab: install  ## run every notebook headless (quick mode) on the embedded Triton

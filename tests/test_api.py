@@ -105,6 +105,24 @@ def test_an_api_already_running_in_front_of_the_same_triton_is_used_not_fought(i
         first.stop()
 
 
+def test_the_first_uploads_of_a_fresh_api_arrive_together(triton, images):
+    """A freshly started API process, its first 12 uploads at once (good images and broken
+    ones): each gets its own answer, 200 or 415, and none an internal error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fresh = api.serve_in_background(port=free_ports(1)[0], triton=triton.http_url)
+    uploads = [(images[i % 3].name, images[i % 3].read_bytes()) if i % 2 else
+               ("broken.jpg", images[0].read_bytes()[:300]) for i in range(12)]
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda u: post(fresh.url, *u), uploads))
+    finally:
+        fresh.stop()
+    codes = [r.status_code for r in answers]
+    assert codes == [415 if i % 2 == 0 else 200 for i in range(12)], [
+        r.text[:200] for r in answers]
+
+
 def test_a_refusal_under_load_gives_503_with_retry_after(endpoint, triton, images):
     """Triton's queue policy refuses what does not fit its queue; the API passes that on as
     503 with Retry-After, and serves the requests Triton accepted."""

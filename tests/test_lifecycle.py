@@ -134,48 +134,6 @@ def test_server_dies_with_the_process_that_started_it(tmp_path, repository):
         child.kill()
 
 
-def test_serve_stop_and_replacing_a_left_over_server(tmp_path, repository):
-    """`make serve` leaves Triton running; `make stop` ends it; a new start replaces it."""
-    import shutil
-
-    address = TritonAddress.free()
-    http = address.http
-    # the classifier alone: this test is about processes, not models, and starts Triton 3 times
-    repo = tmp_path / "model_repository"
-    shutil.copytree(repository / "food_classifier", repo / "food_classifier",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    env = dict(os.environ, TRITONLAB_STATE_DIR=str(tmp_path), TRITON_URL=address.url,
-               TRITONLAB_MODEL_REPOSITORY=str(repo))
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "tritonlab", *args], env=env,
-                              capture_output=True, text=True, timeout=300)
-
-    served = cli("serve")
-    try:
-        assert served.returncode == 0, served.stdout + served.stderr
-        assert f"http://127.0.0.1:{http}" in served.stdout
-        assert requests.get(f"http://127.0.0.1:{http}/v2/health/ready",
-                            timeout=5).status_code == 200
-        left_over = [p for p in tritonservers_in(tmp_path) if p.name() == "tritonserver"]
-        assert len(left_over) == 1
-
-        # a new session (a restarted kernel) starting Triton stops the one left running
-        server = EmbeddedTriton(repo, address=address, state_dir=tmp_path)
-        server.start()
-        assert not left_over[0].is_running()
-        server.stop()
-        assert not tritonservers_in(tmp_path)
-
-        assert cli("serve").returncode == 0
-        stopped = cli("stop")
-        assert stopped.returncode == 0 and "Stopped Triton" in stopped.stdout
-        assert not tritonservers_in(tmp_path)
-        assert "No Triton was running" in cli("stop").stdout
-    finally:
-        cli("stop")  # never leave a server behind, even when an assertion failed
-
-
 def test_triton_killed_during_a_perf_run(tmp_path, repository):
     """The run ends with an error naming what happened (no hang), nothing is left behind, and
     the same lifecycle object brings Triton back."""

@@ -149,3 +149,31 @@ def test_numpy_2_is_refused_at_load_with_the_reason(helpers, monkeypatch):
     monkeypatch.setattr(np, "__version__", "2.5.2")
     with pytest.raises(RuntimeError, match=r"NumPy 2\.5\.2 .*python_backend#384.*numpy<2"):
         helpers.check_numpy()
+
+
+def test_threads_that_import_the_model_code_at_once_all_get_it_whole():
+    """The API decodes uploads in a thread pool, and the first uploads of a fresh process import
+    the models' code together: each thread gets the whole module, none a half-loaded one. In a
+    fresh interpreter, since this one has the code imported already."""
+    import subprocess
+    import sys
+
+    script = """
+import threading
+from tritonlab.assets.repository import decoding
+start, got, errors = threading.Barrier(8), [], []
+def first_upload():
+    start.wait()
+    try:
+        got.append(decoding().open_image)
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=first_upload) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(len(got), errors)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "8 []"

@@ -132,7 +132,7 @@ def test_course_run_keeps_the_runs_since_the_newest_baseline_of_the_model():
     now = results.course_run(df)
     assert now["variant"].tolist() == ["baseline", "batching"]
     assert now["date"].min() == "2026-11-02T09:00:00+00:00"
-    with pytest.raises(ValueError, match="no 'baseline' run of food_captioning saved"):
+    with pytest.raises(ValueError, match="no 'baseline' run of food_captioning is saved"):
         results.course_run(df, model="food_captioning")
 
 
@@ -148,3 +148,45 @@ def test_delay_cost_sets_the_queue_change_against_the_configured_delay():
                                                            "rough)")
     assert reports.delay_cost(base, batched, 5.0, level=8) == (
         "concurrency 8 was not measured in both runs")
+
+
+# --- which runs count ----------------------------------------------------------------------------
+def _saved(variant: str, date: str) -> None:
+    df = pd.DataFrame({"concurrency": [8], results.THROUGHPUT: [100.0],
+                       results.P95: [20_000.0]})
+    meta = {"variant": variant, "model": "food_classifier", "date": date}
+    results.save_run(results.PerfRun(df=df, meta=meta, raw={}, metrics=pd.DataFrame()))
+
+
+@pytest.fixture
+def saved_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITONLAB_RESULTS_DIR", str(tmp_path / "results"))
+    return tmp_path / "results"
+
+
+def test_with_nothing_saved_the_comparison_names_the_notebook_to_run(saved_runs):
+    with pytest.raises(ValueError, match="no run is saved.*Run notebook 02 first") as raised:
+        results.course_run(results.table())
+    assert "KeyError" not in str(raised.value) and "'variant'" not in str(raised.value)
+    _saved("baseline", "2026-12-01T10:00:00+00:00")
+    assert "run notebook 03 first" in reports.explain(results.table(),
+                                                      reference="dynamic batching")
+
+
+def test_a_new_baseline_says_which_runs_of_the_last_course_run_are_left_out(saved_runs, caplog):
+    _saved("baseline", "2026-12-01T10:00:00+00:00")
+    _saved("dynamic batching", "2026-12-01T10:10:00+00:00")
+    with caplog.at_level("INFO", logger="tritonlab"):
+        _saved("baseline", "2026-12-01T11:00:00+00:00")
+    assert "starts a new course run" in caplog.text and "dynamic batching" in caplog.text
+    assert list(results.course_run(results.table())["variant"]) == ["baseline"]
+
+
+def test_runs_dated_after_this_machine_s_clock_are_named(saved_runs, caplog):
+    _saved("baseline", "2026-12-01T10:00:00+00:00")
+    ahead = (pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=2)).isoformat()
+    _saved("dynamic batching", ahead)
+    with caplog.at_level("WARNING", logger="tritonlab"):
+        results.table()
+    assert "1 saved run(s) are dated after this machine's clock" in caplog.text
+    assert "dynamic-batching" in caplog.text

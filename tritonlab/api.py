@@ -135,7 +135,9 @@ def triton_health(url: str, model: str = MODEL) -> dict:
 
 
 def create_app(url: str | None = None, model: str = MODEL) -> FastAPI:
-    """The FastAPI app; `url` defaults to TRITON_URL, read at each request."""
+    """The FastAPI app; `url` defaults to TRITON_URL, read at each request. The models' image
+    decoder (their own code) is imported here, once, before any upload arrives."""
+    _image_code()
     app = FastAPI(title="Food-11 captioning",
                   description="Upload a food photo: Triton's `food_captioning` ensemble "
                               "classifies it (Food-11) and captions it, conditioned on the label.",

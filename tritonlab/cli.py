@@ -39,12 +39,15 @@ def _configs(args) -> int:
 
     for path in configs.write_course_configs():
         print(f"wrote {path}")
+    for name, where in configs.remove_stray_models():
+        print(f"moved {name}/ out of the model repository (not one of the course's models), "
+              f"to {where}")
     return 0
 
 
 def _serve(args) -> int:
     from .assets import weights
-    from .serving import configs, deploy
+    from .serving import ServerError, configs, deploy
     from .serving.embedded import EmbeddedTriton
 
     try:  # a wrong name is said before anything else is looked at
@@ -57,6 +60,11 @@ def _serve(args) -> int:
         print("No Food-11 weights yet: run `make weights` first.", file=sys.stderr)
         return 1
     server = EmbeddedTriton(attach=False)
+    server.started_by = "`make serve`"
+    held = server.holder()  # a notebook's Triton is left alone, before any config is written
+    if held is not None and held.get("attached", True):  # (an earlier `make serve`'s is replaced)
+        print(server.busy_message(held), file=sys.stderr)
+        return 1
     cfg, banner = deploy.prepare_variant(args.variant, server.model_repository)
     path = configs.write_config(cfg, server.model_repository, **banner)
     for ensemble in configs.fitted_ensembles(server.model_repository, cfg.name):
@@ -67,7 +75,12 @@ def _serve(args) -> int:
     print(f"food_classifier: variant '{args.variant}' ({path})"
           + ("" if args.variant == "baseline" else
              "; `make configs` puts the committed baseline back"))
-    seconds = server.start(timeout=args.timeout)
+    try:
+        seconds = server.start(timeout=args.timeout)
+    except ServerError as exc:  # no server left in the background when it failed to start
+        server.stop()
+        print(f"Triton did not start, and nothing is left running:\n{exc}", file=sys.stderr)
+        return 1
     print(f"Triton is ready ({seconds:.1f} s), running in the background (pid "
           f"{server.recorded()['pid']}).")
     print(f"  HTTP     http://{server.http_url}   (e.g. curl http://{server.http_url}/v2/health/ready)")
@@ -83,10 +96,9 @@ def _serve(args) -> int:
 def _stop(args) -> int:
     from .serving.embedded import EmbeddedTriton
 
-    server = EmbeddedTriton()
-    record = server.recorded()
-    server.stop()
-    print(f"Stopped Triton (pid {record['pid']})." if record else "No Triton was running.")
+    record = EmbeddedTriton().stop_any()
+    print(f"Stopped Triton (pid {record['pid']}, started by {record.get('by') or '?'})."
+          if record else "No Triton was running.")
     return 0
 
 
@@ -98,8 +110,8 @@ def _status(args) -> int:
     if not record:
         print("No Triton is running from this checkout.")
         return 1
-    print(f"Triton pid {record['pid']}, started {record['started']}; "
-          f"ready: {server.is_ready()}\n{server.describe()}")
+    print(f"Triton pid {record['pid']}, started {record['started']} by "
+          f"{record.get('by') or '?'}; ready: {server.is_ready()}\n{server.describe()}")
     return 0
 
 

@@ -51,7 +51,10 @@ def run_notebook(path: Path, out_dir: Path, quick: bool = True,
     nb = nbformat.read(path, as_version=4)
     out_dir.mkdir(parents=True, exist_ok=True)
     out_path = out_dir / path.name
-    env = dict(os.environ, TRITONLAB_QUICK="1" if quick else "0", TRITONLAB_OUTPUT_DIR=str(out_dir))
+    # JPY_SESSION_NAME: the notebook a kernel runs, as JupyterLab tells its kernels (a Triton
+    # started there names it in its pid file)
+    env = dict(os.environ, TRITONLAB_QUICK="1" if quick else "0", TRITONLAB_OUTPUT_DIR=str(out_dir),
+               JPY_SESSION_NAME=str(path))
     code_cells = sum(c.cell_type == "code" for c in nb.cells)
     bar = tqdm(total=code_cells, desc=path.stem, unit="cell", leave=True)
     from jupyter_client import AsyncKernelManager

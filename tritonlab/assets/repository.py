@@ -8,6 +8,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 
@@ -30,6 +31,12 @@ def model_dir(name: str, version: int = 1, repository: Path | None = None) -> Pa
     return Path(repository or settings.model_repository()) / name / str(version)
 
 
+#: Held while a model's code is imported: its module sits in sys.modules before its code has
+#: run, and sys.path is changed meanwhile, so a second thread (the API answers uploads in a
+#: thread pool) must wait for the whole import, not see a half-loaded module.
+_IMPORTING = threading.RLock()
+
+
 def load_model_module(name: str, version: int = 1, repository: Path | None = None) -> ModuleType:
     """The model's `model.py` as a module: the exact code Triton runs, without Triton.
 
@@ -37,12 +44,18 @@ def load_model_module(name: str, version: int = 1, repository: Path | None = Non
     runs, so its `import image_decoding` finds the file beside it. Those files are kept apart
     per model folder: the modules they become are reached as attributes of the returned module
     (`load_model_module("food_classifier").food11_network`), never through `sys.modules`.
+    Imported once per process, whichever thread asks first; the others wait for it.
     """
     folder = model_dir(name, version, repository)
     path = folder / "model.py"
     key = f"tritonlab_served_{name}_{version}_{abs(hash(str(path)))}"
-    if key in sys.modules:
-        return sys.modules[key]
+    with _IMPORTING:
+        if key in sys.modules:
+            return sys.modules[key]
+        return _import(key, path, folder)
+
+
+def _import(key: str, path: Path, folder: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(key, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")

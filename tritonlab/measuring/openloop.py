@@ -158,8 +158,7 @@ def _run_sweep_level(cmd: list[str], workdir: Path, env: dict, requests: int,
     tail = ""
     for attempt in range(1, attempts + 1):
         try:
-            return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir,
-                                  timeout=limit)
+            return perf.run_perf_analyzer(cmd, env, workdir, limit)
         except subprocess.TimeoutExpired as exc:
             tail = perf._tail(perf._text(exc.stdout) + perf._text(exc.stderr))
             if attempt < attempts:

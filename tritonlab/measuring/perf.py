@@ -34,6 +34,34 @@ class PerfError(RuntimeError):
     """perf_analyzer could not measure; the message says what happened and what to try."""
 
 
+class MeasurementInterrupted(KeyboardInterrupt):
+    """The measurement was interrupted (Jupyter's stop button, Ctrl-C): perf_analyzer was
+    stopped and waited for, and nothing was saved. A KeyboardInterrupt, so that whatever
+    stops on one (`make lab`, a loop over runs) stops on this too."""
+
+
+def run_perf_analyzer(cmd: list[str], env: dict, workdir: Path,
+                      timeout: float) -> subprocess.CompletedProcess:
+    """One perf_analyzer run, its output captured as text, as `subprocess.run` would, with
+    this difference: interrupted, it is killed and reaped (subprocess.run leaves it a zombie
+    until the kernel exits) and MeasurementInterrupted is raised. subprocess.TimeoutExpired
+    (with the output so far) after `timeout` seconds, perf_analyzer killed and reaped."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=workdir)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err) from None
+    except KeyboardInterrupt:
+        proc.kill()
+        proc.communicate()
+        raise MeasurementInterrupted("measurement interrupted: perf_analyzer was stopped, and "
+                                     "nothing of this run was saved") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 @dataclass
 class PerfSettings:
     """How perf_analyzer measures. Quick mode only shortens the numbers, never the code path.
@@ -232,8 +260,7 @@ def _tail(text: str, lines: int = 15) -> str:
 def _run_perf(cmd: list[str], env: dict, workdir: Path, limit: float, server, model: str,
               level: int) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir,
-                              timeout=limit)
+        return run_perf_analyzer(cmd, env, workdir, limit)
     except subprocess.TimeoutExpired as exc:
         output = _text(exc.stdout) + _text(exc.stderr)
         raise PerfError(f"perf_analyzer did not finish within {limit:.0f} s at concurrency "
@@ -392,14 +419,26 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
     replica has its own endpoint; measuring.replicas.split reads them).
 
     Raises PerfError (saying what happened and what to try) when Triton is not ready, goes
-    away, or no attempt succeeds; nothing is saved then.
+    away, or no attempt succeeds, or when the config Triton serves for `model` (asked of
+    Triton, at the start and at the end) is not the one loaded here (`deploy.served_mismatch`);
+    ServerBusyError when the server is another session's (`check_held`); nothing is saved
+    then.
     """
     from tqdm.auto import tqdm
 
     opts = opts or PerfSettings.for_course([1, 8, 16])
+    server.check_held()  # another session's Triton: measuring it would save its config's run
     if not server.is_ready():
         raise PerfError(f"Triton at {server.http_url} is not ready: start it (server.start()) "
                         "before measuring.")
+    expected = deploy.expected_config(server, model)
+    differs = deploy.served_mismatch(server, model, expected)
+    if differs:
+        raise PerfError(
+            f"Not measured: Triton serves '{model}' with another config than the one loaded "
+            f"here ({differs}). Was it reloaded from elsewhere, or config.pbtxt edited "
+            "without a reload? Deploy the config again (the notebook's deploy cell), then "
+            "measure.")
     url = server.http_url if opts.protocol == "http" else server.grpc_url
     env = environment()
     rows, raw, commands, step_rows = [], {}, [], []
@@ -536,6 +575,12 @@ def run(server, model: str, variant: str, opts: PerfSettings | None = None, note
         if sampler:
             sampler.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    differs = deploy.served_mismatch(server, model, expected)
+    if differs:
+        raise PerfError(
+            f"Measured, but not saved as '{variant}': Triton's config of '{model}' changed "
+            f"during the run ({differs}), so the figures mix two configs. Another session "
+            "reloaded it: measure again once only this notebook uses the server.")
     df = pd.DataFrame(rows).sort_values("concurrency").reset_index(drop=True)
     df.insert(0, "variant", variant)
     df["concurrency"] = df["concurrency"].astype(int)

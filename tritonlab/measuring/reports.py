@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from . import results
 from .results import P50, P95, P99, REQUESTS, THROUGHPUT
 
 #: A level measured on fewer requests than this is flagged and never used for a verdict: with a
@@ -241,7 +242,7 @@ def explain(df: pd.DataFrame, reference: str = "baseline") -> str:
     concurrency both measured on enough requests: `verdict`'s figures and cause, in one line
     per variant."""
     if reference not in set(df["variant"]):
-        return f"no '{reference}' run saved: run notebook 02 first."
+        return f"no '{reference}' run saved: run {results.measured_by(reference)} first."
     if "model" in df.columns:  # compare like with like: runs of the reference's model only
         df = df[df["model"] == df.loc[df["variant"] == reference, "model"].iloc[0]]
     ref = df[df["variant"] == reference].set_index("concurrency")

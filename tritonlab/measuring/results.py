@@ -105,11 +105,28 @@ def save_run(run: PerfRun) -> Path:
     """Write a PerfRun as `<results>/<date>_<variant>.json` and `.csv` (the tidy table, for
     spreadsheets and pandas alike), each atomically (never half-written)."""
     folder = settings.results_dir()
+    if run.meta.get("variant") == "baseline":
+        _say_a_new_course_run_begins(run.meta.get("model", "food_classifier"), folder)
     stamp = run.meta["date"].replace(":", "").replace("-", "").replace("+0000", "Z")
     slug = re.sub(r"[^a-zA-Z0-9]+", "-", run.meta["variant"]).strip("-").lower()
     path = atomic_write(folder / f"{stamp}_{slug}.json", to_json(run))
     atomic_write(path.with_suffix(".csv"), run.df.to_csv(index=False))
     return path
+
+
+def _say_a_new_course_run_begins(model: str, folder: Path) -> None:
+    """A new baseline starts a new course run (`course_run`): say which runs of the last one
+    notebook 06 will leave out from now on."""
+    try:
+        last = course_run(table(folder), model=model)
+    except ValueError:  # no course run yet
+        return
+    others = sorted(v for v in set(last["variant"]) if not v.startswith("baseline"))
+    if others:
+        log.info(f"This baseline starts a new course run: notebook 06 compares only the runs "
+                 f"saved from now on. The last course run's {', '.join(others)} stay in "
+                 f"{folder} but are left out; run their notebooks again to compare them with "
+                 "this baseline.")
 
 
 def load_runs(folder: Path | None = None) -> list[dict]:
@@ -123,7 +140,39 @@ def load_runs(folder: Path | None = None) -> list[dict]:
             runs.append(data)
         except (OSError, ValueError) as exc:
             log.warning(f"skipped {path.name}: {exc}")
+    _warn_of_future(runs)
     return runs
+
+
+def _warn_of_future(runs: list[dict], slack_s: float = 300.0) -> None:
+    """Say so when runs are dated after this machine's clock: they would win every 'newest
+    run' choice (notebook 06, `latest`, the course run) without a word."""
+    now = pd.Timestamp.now(tz="UTC")
+    future = []
+    for data in runs:
+        try:
+            date = pd.Timestamp(data["meta"]["date"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if date.tzinfo is None:
+            date = date.tz_localize("UTC")
+        if (date - now).total_seconds() > slack_s:
+            future.append(Path(data["path"]).name)
+    if future:
+        log.warning(f"{len(future)} saved run(s) are dated after this machine's clock "
+                    f"({now:%Y-%m-%d %H:%M} UTC): {', '.join(future[:5])}"
+                    + (" ..." if len(future) > 5 else "") + ". They count as the newest runs "
+                    "wherever the newest is chosen: check the clock, or move them out of "
+                    f"{settings.results_dir()}.")
+
+
+#: Which notebook measures the runs the others compare against (its hint when one is missing).
+MEASURED_BY = {"baseline": "notebook 02", "dynamic batching": "notebook 03"}
+
+
+def measured_by(variant: str) -> str:
+    """The notebook that saves `variant`'s run, for a hint ('the notebook that measures it')."""
+    return MEASURED_BY.get(variant, "the notebook that measures it")
 
 
 def table(folder: Path | None = None, latest: bool = True,
@@ -167,9 +216,14 @@ def course_run(df: pd.DataFrame, model: str = "food_classifier",
     since its newest `reference` run (notebook 02 measures the baseline first, and later
     notebooks reuse that run), so runs left from an earlier course run are not compared with
     this one. Raises ValueError when `reference` was never saved for `model`."""
+    if df.empty:
+        raise ValueError(f"Nothing to compare yet: no run is saved in {settings.results_dir()}."
+                         f" Run {measured_by(reference)} first ('{reference}'), then the "
+                         "notebooks whose variants you want compared.")
     started = course_run_start(df, model, reference)
     if started is None:
-        raise ValueError(f"no '{reference}' run of {model} saved: run notebook 02 first.")
+        raise ValueError(f"Nothing to compare yet: no '{reference}' run of {model} is saved. "
+                         f"Run {measured_by(reference)} first.")
     return df[(df["model"] == model) & (df["date"] >= started)].reset_index(drop=True)
 
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 import os
 
 from ..common import log
-from .server import ModelLoadError, PortInUseError, ServerError, ServerNotReady, TritonServer
+from .server import (
+    ModelLoadError,
+    PortInUseError,
+    ServerBusyError,
+    ServerError,
+    ServerNotReady,
+    TritonServer,
+)
 
 
 def choose_mode() -> tuple[str, str]:
@@ -39,5 +46,5 @@ def get_server(**kwargs) -> TritonServer:
     return EmbeddedTriton(**kwargs)
 
 
-__all__ = ["ModelLoadError", "PortInUseError", "ServerError", "ServerNotReady", "TritonServer",
-           "choose_mode", "get_server"]
+__all__ = ["ModelLoadError", "PortInUseError", "ServerBusyError", "ServerError", "ServerNotReady",
+           "TritonServer", "choose_mode", "get_server"]

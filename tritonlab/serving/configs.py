@@ -624,6 +624,28 @@ def write_course_configs(repository: Path | str | None = None) -> list[Path]:
     return paths + write_shared_code(Path(repository) if repository else None)
 
 
+def remove_stray_models(repository: Path | str | None = None) -> list[tuple[str, Path]]:
+    """Move out of the repository every folder that is not one of the course's models (a
+    config saved under another name, the onnxruntime-backend folders notebook 05 writes on the
+    GPU node), so that Triton sees the committed repository again: into
+    `build/removed-models/` beside the repository, nothing deleted. Returns (folder, where it
+    went) for each (`make configs` prints them)."""
+    import shutil
+    import time
+
+    repo = Path(repository or settings.model_repository())
+    keep = set(course_configs())
+    moved = []
+    for folder in sorted(p for p in repo.iterdir() if p.is_dir() and p.name not in keep
+                         and not p.name.startswith(".")):
+        target = (repo.parent / "build" / "removed-models"
+                  / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(folder), target)
+        moved.append((folder.name, target))
+    return moved
+
+
 def onnxruntime_backend_config(name: str = "food_classifier_onnx", max_batch_size: int = 16,
                                instance_groups: list[dict] | None = None,
                                tensorrt: bool = False, fp16: bool = False,

@@ -1,9 +1,15 @@
 """The embedded Triton: the real `tritonserver` binary of the nvidia-pytriton wheel, on this
 machine's CPU, bound to 127.0.0.1, with explicit model control. No Docker, no GPU needed.
 
-A pid file per state folder makes sure a server started earlier (by a restarted kernel, or by
-`make serve`) is stopped before a new one starts; `attach=True` (the default in notebooks and
-tests) makes Linux stop the server when the process that started it dies.
+One Triton per checkout (per state folder): its pid file says which process started it.
+A start finds one of three things there. A server this process started (a cell run again)
+is stopped and started afresh; so is one left by a process that has died (a restarted
+kernel: `attach=True`, the default in notebooks and tests, makes Linux stop the server when
+its starter dies, and the pid file catches what is still exiting). A server another live
+process started (a second notebook's kernel), or one `make serve` started to outlive it, is
+never stopped by a start: ServerBusyError names who holds it and the one command that frees
+it (`make stop`), and every later call that would control or measure it refuses the same
+way (`check_held`). `make serve` replaces its own earlier server.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import psutil
 from .. import settings
 from ..common import atomic_write, log
 from ..settings import TritonAddress
-from .server import PortInUseError, ServerError, TritonServer
+from .server import PortInUseError, ServerBusyError, ServerError, TritonServer
 
 
 def _pytriton_dir() -> Path:
@@ -88,6 +94,8 @@ class EmbeddedTriton(TritonServer):
         self._proc: subprocess.Popen | None = None
         self._log_handle = None
         self._exit_hook = False
+        #: who starts the server, as its pid file records it (`make serve` sets its own)
+        self.started_by = _this_process()
 
     @property
     def pid_file(self) -> Path:
@@ -112,13 +120,58 @@ class EmbeddedTriton(TritonServer):
     def _write_pid_file(self, record: dict) -> None:
         atomic_write(self.pid_file, json.dumps(record, indent=2))
 
-    def _stop_recorded(self, timeout: float) -> bool:
-        """Stop the server named in the pid file, if it still runs; remove a stale pid file."""
+    def holder(self) -> dict | None:
+        """The pid file's record when the server it names is another session's to stop: started
+        by another process that still runs (a second notebook's kernel), or meant to outlive
+        its starter (`make serve`). None when there is none, or it is this process's, or left
+        by a process that has died."""
         record = self.recorded()
+        if record is None or record.get("by_pid") == os.getpid():
+            return None
+        if not record.get("attached", True):
+            return record  # `make serve`: runs until `make stop`
+        return record if _alive(record.get("by_pid"), record.get("by_started")) else None
+
+    def busy_message(self, record: dict) -> str:
+        """What a session that finds `record`'s server is told: who holds it, what frees it."""
+        by = record.get("by") or f"process {record.get('by_pid')}"
+        return (f"Triton (pid {record['pid']}, {record.get('triton_url', '')}) is running for "
+                f"{by}, started {record.get('started', '?')[:19].replace('T', ' ')} UTC. One "
+                "Triton serves a checkout, and this session leaves that one alone: stopping it "
+                "would pull the server from under the session using it, and its configs would "
+                "change under it. Stop it there (its notebook's last cell, `server.stop()`), or "
+                "free it from a terminal in the course's folder with `make stop`; then run this "
+                "cell again.")
+
+    def check_held(self) -> None:
+        """ServerBusyError when the Triton of this checkout is another session's (`holder`):
+        then this object neither controls nor measures it."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        record = self.holder()
+        if record is not None:
+            raise ServerBusyError(self.busy_message(record))
+
+    def _stop_recorded(self, timeout: float, any_holder: bool = False) -> bool:
+        """Stop the server named in the pid file if it is this process's or left by a dead one
+        (or, with `any_holder`, whoever's: `make stop`); remove a stale pid file. Returns
+        whether one was stopped."""
+        record = self.recorded()
+        if record is not None and not any_holder and self.holder() is not None:
+            return False  # another session's
         if record is not None:
             _kill_tree(record["pid"], timeout)
         self.pid_file.unlink(missing_ok=True)
         return record is not None
+
+    def stop_any(self, timeout: float = 30.0) -> dict | None:
+        """Stop whichever Triton this checkout's pid file names, whoever started it (`make
+        stop`); returns its record, None when none was running."""
+        record = self.recorded()
+        if self._proc is not None:
+            self._terminate(timeout)
+        self._stop_recorded(timeout, any_holder=True)
+        return record
 
     # --- start ---------------------------------------------------------------------------------
     def binary(self) -> Path:
@@ -206,9 +259,16 @@ class EmbeddedTriton(TritonServer):
             raise ServerError(f"No model repository at {self.model_repository}.")
         if self._proc is not None and self._proc.poll() is None:
             raise ServerError("This Triton is already running; call restart() or stop() first.")
-        if self._stop_recorded(timeout=30):
-            log.info("Stopped the Triton server an earlier session left running "
-                     "(a restarted kernel or `make serve`).")
+        record = self.holder()
+        # another session's server is left alone; only `make serve` replaces its own earlier one
+        replaces_its_own = record is not None and not self.attach and not record.get(
+            "attached", True)
+        if record is not None and not replaces_its_own:
+            raise ServerBusyError(self.busy_message(record))
+        record = self.recorded()
+        if self._stop_recorded(timeout=30, any_holder=True):
+            log.info(f"Stopped the Triton server (pid {record['pid']}) that "
+                     f"{record.get('by') or 'an earlier session'} left running.")
         for label, port in (("HTTP", self.address.http), ("gRPC", self.address.grpc),
                             ("metrics", self.address.metrics)):
             owner = port_owner(port)
@@ -230,7 +290,8 @@ class EmbeddedTriton(TritonServer):
             preexec_fn=_set_parent_death_signal if self.attach else None)
         self._write_pid_file({
             "pid": self._proc.pid, "started": datetime.now(timezone.utc).isoformat(),
-            "by_pid": os.getpid(), "attached": self.attach, "triton_url": self.address.url,
+            "by_pid": os.getpid(), "by_started": psutil.Process().create_time(),
+            "by": self.started_by, "attached": self.attach, "triton_url": self.address.url,
             "model_repository": str(self.model_repository), "command": cmd,
         })
         if self.attach and not self._exit_hook:
@@ -249,13 +310,17 @@ class EmbeddedTriton(TritonServer):
         if self._proc is not None:
             stop_child(self._proc, timeout)
             self._proc = None
-        self._stop_recorded(timeout)
+        if not self._stop_recorded(timeout) and (record := self.holder()) is not None:
+            log.info(f"Left running: Triton (pid {record['pid']}) is {record.get('by')}'s; "
+                     "`make stop` stops it.")
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
 
     # --- state ---------------------------------------------------------------------------------
     def is_running(self) -> bool:
+        """True while this object's server runs, or the pid file names a running one (another
+        session's too: `check_held` tells them apart)."""
         if self._proc is not None:
             return self._proc.poll() is None
         return self.recorded() is not None
@@ -268,6 +333,31 @@ class EmbeddedTriton(TritonServer):
             return self.log_file.read_text(errors="replace")
         except OSError:
             return ""
+
+
+def _this_process() -> str:
+    """This process as a pid file names it: the notebook a kernel runs (JupyterLab gives its
+    kernels JPY_SESSION_NAME, and so does `make lab`), else its command line."""
+    notebook = os.environ.get("JPY_SESSION_NAME")
+    if notebook:
+        return f"notebook {Path(notebook).name} (kernel pid {os.getpid()})"
+    program, *args = psutil.Process().cmdline() or [sys.executable]
+    command = " ".join(" ".join([Path(program).name, *args]).split())  # one line
+    return f"`{command[:80]}` (pid {os.getpid()})"
+
+
+def _alive(pid: int | None, started: float | None) -> bool:
+    """Whether process `pid` still runs and is the one that had it at `started` (its create
+    time: a pid is reused once its process is gone); zombies count as gone."""
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if started is not None and abs(proc.create_time() - started) > 1.0:
+            return False
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def stop_child(proc: subprocess.Popen, timeout: float) -> None:
@@ -306,11 +396,31 @@ def _kill_tree(pid: int, timeout: float) -> None:
         root.send_signal(signal.SIGTERM)
     except psutil.NoSuchProcess:
         pass
-    _, alive = psutil.wait_procs([root], timeout=timeout)
-    _, alive_children = psutil.wait_procs(procs[1:], timeout=5)
+    alive = _wait_gone([root], timeout)
+    alive_children = _wait_gone(procs[1:], 5)
     for p in alive + alive_children:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive + alive_children, timeout=5)
+    _wait_gone(alive + alive_children, 5)
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to `timeout` seconds for `procs` to end; returns those still running. A zombie
+    has ended: another process (the kernel that started it) has to reap it, and waiting
+    for that cost 40 s each time before."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for p in procs:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.1)

@@ -38,9 +38,20 @@ class PortInUseError(ServerError):
     """A port Triton needs is held by another process."""
 
 
+class ServerBusyError(ServerError):
+    """This checkout's Triton is another session's (a second notebook's, or `make serve`'s):
+    the message names who holds it and what frees it."""
+
+
 #: The longest a start or a model load may take in all, however steadily Triton's log grows
 #: (`TritonServer.wait_ready`); a start with BLIP on a busy 2-core machine took over 120 s here.
 READY_LIMIT_S = 900
+
+
+#: How long Triton may say it is not ready while every model asked for is READY and none is
+#: loading, before `wait_ready` reports why (`TritonServer.not_ready_reason`): a model that
+#: just became READY makes the server ready within a check or two.
+NOT_READY_GRACE_S = 5.0
 
 
 class ServerNotReady(ServerError):
@@ -82,6 +93,11 @@ class TritonQueries:
         finally:
             client.close()
 
+    def check_held(self) -> None:
+        """Raise ServerBusyError when the server here is another session's, so that this one
+        neither controls nor measures it; the embedded Triton knows (its pid file), the others
+        are shared by design (the GPU node's container, a load balancer's replicas)."""
+
     def is_live(self) -> bool:
         return self._ask(lambda c: c.is_server_live())
 
@@ -112,6 +128,9 @@ class TritonServer(TritonQueries, ABC):
         # Headers sent with model-control calls (the Docker setup restricts that API by a key).
         self.api_headers = dict(api_headers or {})
         self._loaded: list[str] = ["*"]  # the models the last start loaded
+        #: The config each model was last loaded with through this object (`reload_model`,
+        #: so `deploy` too) since it last started; a start loads config.pbtxt instead.
+        self.loaded_configs: dict = {}
 
     # --- addresses ---------------------------------------------------------------------------
     @property
@@ -161,6 +180,7 @@ class TritonServer(TritonQueries, ABC):
     def start(self, models: Sequence[str] = ("*",), timeout: float = 120.0) -> float:
         """Start Triton with `models` loaded, wait until ready; returns the seconds taken."""
         began = time.monotonic()
+        self.loaded_configs = {}
         self._launch(list(models))
         self.wait_ready(models, timeout=timeout)
         self._loaded = list(models)
@@ -186,8 +206,9 @@ class TritonServer(TritonQueries, ABC):
         finally:
             client.close()
 
-    def _ready_or_why(self, wanted: set[str]) -> bool:
-        """True once every model in `wanted` is READY; raises when waiting cannot help."""
+    def _ready_or_why(self, wanted: set[str]) -> bool | None:
+        """True once every model in `wanted` is READY and Triton says it is ready; None while
+        those models are READY but Triton says it is not; raises when waiting cannot help."""
         if not self.is_running():
             raise ServerNotReady(
                 f"{self.exit_description()} before it became ready.\n"
@@ -207,20 +228,46 @@ class TritonServer(TritonQueries, ABC):
             raise ModelLoadError(
                 f"Triton could not load model '{m['name']}': {m['reason']}\n"
                 f"Log lines for this model:\n{self.logs(20, model=m['name'])}")
-        return all(m.get("state") == "READY" for m in targets) and self.is_ready()
+        if not all(m.get("state") == "READY" for m in targets):
+            return False
+        loading = any(m.get("state") in ("LOADING", "UNLOADING") for m in states)
+        return True if self.is_ready() else (False if loading else None)
+
+    def not_ready_reason(self) -> str:
+        """Why Triton says it is not ready while every model asked for is READY, from its log:
+        under strict readiness (Triton's default) a model that failed to load in this run keeps
+        the whole server not ready, even once it is unloaded or its folder removed (seen with
+        server 2.51 after loading a folder whose config named another model)."""
+        failed = [ln for ln in self.log_text().splitlines() if "failed to load" in ln]
+        return (
+            "Triton says it is not ready although every model asked for is READY and none is "
+            "loading. A model that failed to load keeps it so for the rest of this run (strict "
+            "readiness), even once unloaded or removed"
+            + (": its log says\n" + "\n".join(failed[-3:]) if failed else
+               " (its log names no model that failed to load)")
+            + "\nFix or remove that model (`make configs` puts the course's repository back), "
+            "then restart Triton (server.restart(), or `make stop` and start again).")
 
     def wait_ready(self, models: Iterable[str] = ("*",), timeout: float = 120.0) -> None:
         """Block until Triton answers and every model in `models` is READY, or raise saying why:
         ServerNotReady (the server exited; or `timeout` seconds passed with no new line in
-        Triton's log, or READY_LIMIT_S in all) or ModelLoadError.
+        Triton's log, or READY_LIMIT_S in all; or the models are READY and Triton still says
+        it is not, `not_ready_reason`) or ModelLoadError.
 
         A slow machine gets the time its models take while Triton's log keeps growing: here on
         2 cores, under a test run beside it, a start with BLIP went on loading for over 120 s."""
         wanted = set(models)
         began = time.monotonic()
         size, grew, read = -1, began, 0.0  # the log's length, when it last grew, last read
-        while not self._ready_or_why(wanted):
+        not_ready_since = None  # since when the models were READY and the server not
+        while not (ready := self._ready_or_why(wanted)):
             now = time.monotonic()
+            if ready is None:
+                not_ready_since = not_ready_since or now
+                if now - not_ready_since > NOT_READY_GRACE_S:
+                    raise ServerNotReady(self.not_ready_reason())
+            else:
+                not_ready_since = None
             if now - read >= 2:  # the log, every 2 s (in Docker mode: `docker logs`)
                 read = now
                 length = len(self.log_text())
@@ -247,6 +294,9 @@ class TritonServer(TritonQueries, ABC):
         repository is unchanged, so an earlier override would otherwise stay in force.) Triton's
         own message is raised if it refuses the model.
         """
+        from google.protobuf import json_format
+        from tritonclient.grpc import model_config_pb2 as mc
+
         from .configs import read_config, to_json
 
         on_disk = self.model_repository / name / "config.pbtxt"
@@ -254,6 +304,7 @@ class TritonServer(TritonQueries, ABC):
             config = read_config(on_disk)
         if config is not None and not isinstance(config, str):
             config = to_json(config)
+        self.loaded_configs.pop(name, None)
         client = self.client(READY_LIMIT_S)  # Triton answers once the model has loaded
         began = time.monotonic()
         try:
@@ -265,6 +316,9 @@ class TritonServer(TritonQueries, ABC):
         finally:
             client.close()
         self.wait_ready([name], timeout=timeout)
+        if config is not None:
+            self.loaded_configs[name] = json_format.Parse(config, mc.ModelConfig(),
+                                                          ignore_unknown_fields=True)
         return time.monotonic() - began
 
     def unload_model(self, name: str) -> None:
